@@ -1,0 +1,301 @@
+"""The data pipeline on real JARVIS data: every input format, accounting, split, cache, batching, errors."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from jarvis.core.atoms import Atoms
+
+from tests.conftest import ALIGNN_FOLDER, REPO, tiny_config
+from tune_fusion.config import SAMPLE_DATASET, DataConfig
+from tune_fusion.data import cache as cache_mod
+from tune_fusion.data import make_loader, prepare
+from tune_fusion.data.batching import Standardizer
+from tune_fusion.data.embed import embed_texts, split_sentences
+from tune_fusion.data.records import build_records
+from tune_fusion.data.sources import locate, read_entries
+from tune_fusion.data.split import split_indices
+from tune_fusion.data.text import clean_text, jarvis_text, read_descriptions, sidecar_path
+from tune_fusion.errors import DataError
+
+
+def records_of(dataset: str, target: str = "formation_energy_peratom", cache_dir: str = "/nonexistent", n: int = 0):
+    source = locate(dataset, cache_dir)
+    return source, *build_records(source, read_entries(source, target), n)
+
+
+def write_json(path: Path, records: list[dict]) -> Path:
+    path.write_text(json.dumps(records))
+    return path
+
+
+# --- input formats -------------------------------------------------------------------------------------------
+
+def test_dft3d_json_plain_gz_zip_and_by_name_agree(tmp_path, sample_records):
+    subset = sample_records[:25]
+    plain = write_json(tmp_path / "sub.json", subset)
+    gz = tmp_path / "sub.json.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    from jarvis.db.figshare import get_db_info
+
+    js_tag = get_db_info()["dft_3d"][1]
+    store = tmp_path / "cache" / "jarvis_data"
+    store.mkdir(parents=True)
+    with zipfile.ZipFile(store / f"{js_tag}.zip", "w") as archive:
+        archive.writestr(js_tag, plain.read_text())
+    results = [records_of(str(p), cache_dir=str(tmp_path / "cache")) for p in (plain, gz, store / f"{js_tag}.zip")]
+    results.append(records_of("dft_3d", cache_dir=str(tmp_path / "cache")))
+    for source, records, report in results:
+        assert source.format == "dft3d_json"
+        assert [r.jid for r in records] == [r["jid"] for r in subset]
+        assert [r.target for r in records] == [float(r["formation_energy_peratom"]) for r in subset]
+        assert all(isinstance(r.atoms, Atoms) and r.atoms.num_atoms >= 1 for r in records)
+        assert report.kept == 25
+
+
+def test_jarvis_name_without_zip_says_where_to_put_it(tmp_path):
+    with pytest.raises(DataError, match=r"jarvis_data/.*\.zip.*place it there"):
+        locate("dft_3d", tmp_path)
+
+
+def test_alignn_folder(tmp_path):
+    source, records, report = records_of(str(ALIGNN_FOLDER), target="optb88vdw_bandgap")
+    assert source.format == "alignn_folder"
+    rows = list(csv.reader(open(ALIGNN_FOLDER / "id_prop.csv")))
+    assert len(records) == len(rows) == 33
+    by_id = {r.jid: r.target for r in records}
+    assert by_id[Path(rows[2][0]).stem] == pytest.approx(float(rows[2][1]))
+    assert all(r.text is None for r in records)
+
+
+def make_description_csv(folder: Path, sample_records: list[dict], n: int = 6, header: bool = True) -> Path:
+    (folder / "cif").mkdir(parents=True)
+    with open(folder / "description.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        if header:
+            writer.writerow(["id", "composition", "target", "description", "file"])
+        for r in sample_records[:n]:
+            atoms = Atoms.from_dict(r["atoms"])
+            atoms.write_cif(str(folder / "cif" / f"{r['jid']}.cif"))
+            writer.writerow([r["jid"], atoms.composition.reduced_formula, r["formation_energy_peratom"],
+                             f"Description of {r['jid']}. It has {atoms.num_atoms} atoms.", f"{r['jid']}.cif"])
+    return folder / "description.csv"
+
+
+def test_description_csv_texts_come_from_the_file(tmp_path, sample_records):
+    path = make_description_csv(tmp_path / "fe", sample_records)
+    for dataset in (path, path.parent):
+        source, records, _ = records_of(str(dataset))
+        assert source.format == "description_csv"
+        assert [r.jid for r in records] == [r["jid"] for r in sample_records[:6]]
+        assert records[0].text == f"Description of {sample_records[0]['jid']}. It has {records[0].atoms.num_atoms} atoms."
+        original = Atoms.from_dict(sample_records[0]["atoms"])
+        assert records[0].atoms.num_atoms == original.num_atoms
+        assert records[0].atoms.volume == pytest.approx(original.volume, rel=1e-3)
+
+
+# --- accounting ----------------------------------------------------------------------------------------------
+
+def test_na_targets_dropped_and_corrupt_structures_skipped_by_id(tmp_path, sample_records):
+    rows = [dict(r) for r in sample_records[:12]]
+    rows[0]["formation_energy_peratom"] = "na"
+    rows[1]["formation_energy_peratom"] = float("nan")
+    rows[2]["atoms"] = {**rows[2]["atoms"], "lattice_mat": [[0, 0, 0], [0, 0, 0], [0, 0, 0]]}
+    rows[3]["atoms"] = {"elements": ["Si"]}
+    path = write_json(tmp_path / "bad.json", rows)
+    shutil.copy(sidecar_path(SAMPLE_DATASET), sidecar_path(path))  # descriptions of these structures, as shipped
+    _, records, report = records_of(str(path))
+    assert report.dropped_target == [rows[0]["jid"], rows[1]["jid"]]
+    assert set(report.skipped_structure) == {rows[2]["jid"], rows[3]["jid"]}
+    assert report.kept == len(records) == 8
+    data, _ = prepare(DataConfig(dataset=str(path), cache_dir=str(tmp_path / "c"), n_test=1, n_val=1))
+    log = json.loads((data.path / "prepare_log.json").read_text())
+    assert set(log["skipped_structure_ids"]) == {rows[2]["jid"], rows[3]["jid"]}
+    assert data.meta["counts"]["dropped_target"] == 2 and len(data.ids) == 8
+
+
+# --- split ---------------------------------------------------------------------------------------------------
+
+def test_split_reproducible_disjoint_and_sized():
+    a = split_indices(100, (0.8, 0.1, 0.1), (0, 0, 0), seed=123)
+    b = split_indices(100, (0.8, 0.1, 0.1), (0, 0, 0), seed=123)
+    c = split_indices(100, (0.8, 0.1, 0.1), (0, 0, 0), seed=7)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["train"], c["train"])
+    assert [len(a[k]) for k in ("train", "val", "test")] == [80, 10, 10]
+    assert len(set(a["train"]) | set(a["val"]) | set(a["test"])) == 100
+    d = split_indices(100, (0.5, 0.2, 0.1), (30, 0, 0), seed=1)
+    assert [len(d[k]) for k in ("train", "val", "test")] == [30, 20, 10]
+    with pytest.raises(DataError, match="only 10 are usable"):
+        split_indices(10, (0.8, 0.1, 0.1), (20, 0, 0), seed=1)
+
+
+# --- cache ---------------------------------------------------------------------------------------------------
+
+def test_prepared_cache_contents(prepared):
+    n = len(prepared.ids)
+    assert n == 60 and len(prepared.graphs) == len(prepared.line_graphs) == n
+    assert prepared.atom_feature_dim == 92 and prepared.text_dim == 384
+    assert prepared.tensors["text"].shape == (n, 384)
+    offsets = prepared.tensors["sentence_offsets"]
+    assert offsets[0] == 0 and offsets[-1] == len(prepared.tensors["sentences"]) and (offsets.diff() >= 1).all()
+    assert sum(len(prepared.split(s)) for s in ("train", "val", "test")) == n
+    assert prepared.graphs[0].ndata["atom_features"].dtype == torch.float32
+    assert "h" in prepared.line_graphs[0].edata
+    assert prepared.meta["counts"]["text"]["stored"] == n  # the shipped descriptions: nothing generated
+    texts = json.loads((prepared.path / "descriptions.json").read_text())
+    assert "np.int64" not in " ".join(texts.values()) and len(texts) == n
+
+
+def test_second_prepare_builds_nothing_and_settings_change_the_key(prepared, cache_dir):
+    cfg = tiny_config(cache_dir).data
+    again, built = prepare(cfg)
+    assert not built and again.path == prepared.path
+    other = cache_mod.cache_path(tiny_config(cache_dir, split_seed=5).data)
+    assert other != prepared.path
+    assert cache_mod.cache_path(tiny_config(cache_dir, cutoff=6.0).data) not in (other, prepared.path)
+
+
+def test_concurrent_prepare_builds_once(tmp_path):
+    script = (
+        "import sys, json; import tune_fusion; from tune_fusion.config import DataConfig; "
+        "from tune_fusion.data import prepare; "
+        f"d, built = prepare(DataConfig(cache_dir={str(tmp_path)!r}, max_structures=20)); "
+        "print(json.dumps({'built': built, 'path': str(d.path)}))"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, cwd=REPO) for _ in range(2)]
+    results = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+    assert sorted(r["built"] for r in results) == [False, True]
+    assert results[0]["path"] == results[1]["path"]
+    assert not list(tmp_path.glob(".building-*"))
+
+
+def test_crash_mid_build_leaves_no_cache(tmp_path, monkeypatch):
+    cfg = DataConfig(cache_dir=str(tmp_path), max_structures=10)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash while embedding")
+
+    monkeypatch.setattr(cache_mod, "embed_texts", boom)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        prepare(cfg)
+    path = cache_mod.cache_path(cfg)
+    assert not path.exists() and not list(tmp_path.glob(".building-*"))
+    with pytest.raises(DataError, match="not a prepared cache"):
+        cache_mod.load(path)
+
+
+# --- batching ------------------------------------------------------------------------------------------------
+
+def test_batches_and_train_only_standardisation(prepared):
+    train = prepared.tensors["targets"][prepared.split("train")]
+    scaler = Standardizer.fit(train)
+    assert scaler.mean == pytest.approx(float(train.mean()))
+    loader = make_loader(prepared, "val", batch_size=4, standardizer=scaler)
+    batch = next(iter(loader))
+    assert batch.graph.batch_size == batch.line_graph.batch_size == len(batch) == 4
+    assert batch.text.shape == (4, 384) and batch.sentences.shape[:2] == batch.sentence_mask.shape
+    assert batch.sentence_mask.any(dim=1).all()
+    truth = prepared.tensors["targets"][batch.index]
+    assert torch.allclose(scaler.inverse(batch.target.double()), truth, atol=1e-5)
+    assert set(batch.index.tolist()) <= set(prepared.split("val").tolist())
+
+
+# --- text ----------------------------------------------------------------------------------------------------
+
+def test_text_cleaning_and_sentences():
+    raw = "A sheet oriented in the (np.int64(1), np.int64(0), np.float64(-1.5)) direction. Bonds are 2.49 Å. Fe(1) is"
+    cleaned = clean_text(raw)
+    assert cleaned.startswith("A sheet oriented in the (1, 0, -1.5) direction.")
+    assert split_sentences(cleaned, 10) == ["A sheet oriented in the (1, 0, -1.5) direction.", "Bonds are 2.49 Å.",
+                                            "Fe(1) is"]
+    assert split_sentences("", 3) == ["No description."]
+    assert len(split_sentences(cleaned, 2)) == 2
+
+
+def test_shipped_descriptions_cover_the_sample_and_come_from_robocrys():
+    shipped = read_descriptions(sidecar_path(SAMPLE_DATASET))
+    assert len(shipped) >= 790  # one per distinct structure
+    methods = [method for _, method, _ in shipped.values()]
+    assert methods.count("robocrys") > 0.9 * len(methods)
+    assert all("np.int64" not in text for _, _, text in shipped.values())
+
+
+def test_jarvis_describer_fallback_is_text(sample_records):
+    text = jarvis_text(Atoms.from_dict(sample_records[0]["atoms"]))
+    assert isinstance(text, str) and "crystallizes" in text
+
+
+@pytest.mark.slow
+def test_generation_with_robocrys_on_real_structures(tmp_path, sample_records):
+    """Structures without stored text get robocrys descriptions (in Ray tasks), saved for the next prepare."""
+    path = write_json(tmp_path / "two.json", sample_records[:3])
+    data, _ = prepare(DataConfig(dataset=str(path), cache_dir=str(tmp_path / "c"), n_val=1, n_test=1))
+    assert data.meta["counts"]["text"]["robocrys"] + data.meta["counts"]["text"]["jarvis"] == 3
+    assert len(read_descriptions(tmp_path / "c" / "descriptions.csv.gz")) == 3
+
+
+def test_embeddings_are_real_and_aligned():
+    out = embed_texts(["NaCl is rock salt structured. Na(1) is bonded to six Cl(1) atoms.", "Si is diamond."],
+                      "all-minilm-l6-v2", max_sentences=8)
+    assert out["text"].shape == (2, 384) and out["sentence_offsets"].tolist() == [0, 2, 3]
+    assert torch.allclose(out["text"].norm(dim=1), torch.ones(2), atol=1e-4)
+    assert not torch.allclose(out["sentences"][0], out["sentences"][1])
+
+
+# --- errors --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make, match", [
+    (lambda tmp: str(tmp / "missing.json"), "not found: no such file"),
+    (lambda tmp: str((tmp / "data.parquet").touch() or tmp / "data.parquet"), "unknown file format"),
+    (lambda tmp: str(tmp), "neither id_prop.csv nor description.csv"),
+])
+def test_bad_dataset_paths(tmp_path, make, match):
+    with pytest.raises(DataError, match=match):
+        locate(make(tmp_path), tmp_path)
+
+
+def test_unknown_target_lists_the_available_ones():
+    with pytest.raises(DataError, match="target 'band_gap' is not in .*available targets: .*optb88vdw_bandgap"):
+        records_of(str(SAMPLE_DATASET), target="band_gap")
+
+
+def test_all_na_is_an_error_that_says_why(tmp_path, sample_records):
+    rows = [{**r, "mbj_bandgap": "na"} for r in sample_records[:5]]
+    with pytest.raises(DataError, match="no usable records.*5 without a finite target"):
+        records_of(str(write_json(tmp_path / "na.json", rows)), target="mbj_bandgap")
+
+
+def test_csv_with_wrong_columns(tmp_path, sample_records):
+    path = make_description_csv(tmp_path / "d", sample_records, n=2)
+    path.write_text("id,composition,target\nJVASP-1,Si,0.1\n")
+    with pytest.raises(DataError, match="has 3 column.*expected 5"):
+        locate(str(path), tmp_path)
+    folder = tmp_path / "alignn"
+    shutil.copytree(ALIGNN_FOLDER, folder)
+    (folder / "id_prop.csv").write_text("POSCAR-JVASP-10.vasp\n")
+    with pytest.raises(DataError, match="has 1 column.*expected 2"):
+        locate(str(folder), tmp_path)
+
+
+def test_prepare_cli_summary_and_one_line_errors(prepared, cache_dir):
+    ok = subprocess.run([sys.executable, "-m", "tune_fusion.data", "prepare", "--cache-dir", str(cache_dir),
+                         "--max_structures", "60"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    summary = json.loads(ok.stdout)
+    assert summary["status"] == "already prepared" and summary["cache"] == str(prepared.path)
+    assert summary["kept"] == 60 and summary["split"] == {"train": 48, "val": 6, "test": 6}
+    bad = subprocess.run([sys.executable, "-m", "tune_fusion.data", "prepare", "--dataset", "nope.json"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not found" in bad.stderr

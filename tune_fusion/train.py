@@ -1,0 +1,266 @@
+"""The one training loop: ``fit(config, data, on_epoch=...)``, used standalone and inside every Ray trial.
+
+AdamW (no weight decay on biases and norms), OneCycle schedule, MSE on the standardised target, MAE reported in
+the target's units, gradient clipping, early stopping on validation MAE. Model selection uses validation data
+only; the test split is evaluated once, by the caller, with the best checkpoint (``evaluate``).
+
+Standalone::
+
+    python -m tune_fusion.train --dataset data/jarvis_dft3d_800.json.gz --target formation_energy_peratom \\
+        --output_dir ./output/ --use_middle_fusion True --middle_fusion_layers 2 --epochs 50
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from tune_fusion import __version__
+from tune_fusion.config import Config
+from tune_fusion.data import Batch, PreparedData, Standardizer, make_loader
+from tune_fusion.errors import DataError
+from tune_fusion.model import FusionNetwork, contrastive_loss
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[dict[str, Any], "Run"], None]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> the first CUDA device when one is visible (Ray sets CUDA_VISIBLE_DEVICES per trial), else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: Config, data: PreparedData) -> FusionNetwork:
+    return FusionNetwork(cfg.model, atom_feature_dim=data.atom_feature_dim, text_dim=data.text_dim)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only; biases, norms and scalars (``text_scale``) are not decayed."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class Run:
+    """The state of one training run; ``checkpoint()`` turns it into plain data, ``resume()`` back."""
+
+    cfg: Config
+    data: PreparedData
+    model: FusionNetwork
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    standardizer: Standardizer
+    device: torch.device
+    epoch: int = 0  # epochs completed
+    best_val_mae: float = math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str = ""
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Plain data (tensors and JSON values) that ``torch.load(..., weights_only=True)`` reads back.
+
+        ``model`` holds the current weights (to resume), ``best_model`` the best-by-validation weights.
+        """
+        return {
+            "model": self.model.state_dict(),
+            "best_model": self.best_state or self.model.state_dict(),
+            "config": self.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "val_mae": self.best_val_mae,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "stop_reason": self.stop_reason,
+            **data_identity(self.data, self.standardizer),
+            "version": __version__,
+        }
+
+    def resume(self, ckpt: dict[str, Any]) -> None:
+        """Continue from ``ckpt`` (same data, same schedule position)."""
+        if ckpt.get("dataset_fingerprint") != self.data.fingerprint:
+            raise DataError(f"the checkpoint was trained on prepared data {ckpt.get('dataset_fingerprint')}, not on "
+                            f"{self.data.fingerprint}; resume with the same dataset and data settings")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["lr_scheduler"])
+        self.epoch, self.best_val_mae, self.best_epoch = ckpt["epoch"], ckpt["val_mae"], ckpt["best_epoch"]
+        self.best_state = ckpt["best_model"]
+        self.history = list(ckpt["history"])
+        self.stop_reason = ckpt.get("stop_reason", "")
+
+
+def data_identity(data: PreparedData, standardizer: Standardizer) -> dict[str, Any]:
+    """What a checkpoint stores about its data: fingerprint, split ids, target scaling, input sizes."""
+    return {
+        "dataset_fingerprint": data.fingerprint,
+        "split_ids": data.split_ids(),
+        "standardizer": {"mean": standardizer.mean, "std": standardizer.std},
+        "dims": {"atom_feature_dim": data.atom_feature_dim, "text_dim": data.text_dim},
+    }
+
+
+def start_run(cfg: Config, data: PreparedData, device: torch.device | None = None) -> Run:
+    seed_everything(cfg.train.random_seed)
+    device = device or pick_device(cfg.train.device)
+    model = build_model(cfg, data).to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.train.weight_decay), lr=cfg.train.learning_rate)
+    steps_per_epoch = math.ceil(len(data.split("train")) / cfg.train.batch_size)
+    total = cfg.train.epochs * steps_per_epoch
+    pct_start = min(cfg.train.warmup_steps / total, 0.99) if cfg.train.warmup_steps else 0.3
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.train.learning_rate, total_steps=total,
+                                                    pct_start=pct_start)
+    standardizer = Standardizer.fit(data.tensors["targets"][data.split("train")])
+    return Run(cfg, data, model, optimizer, scheduler, standardizer, device)
+
+
+def run_epoch(run: Run, split: str, train: bool = False, predictions: bool = False) -> dict[str, Any]:
+    """One pass over ``split``; trains when ``train``. MAE/RMSE are in the target's units.
+
+    Returns ``loss``, ``mae``, ``rmse``, ``crystals``, alpha statistics when middle fusion is on, and with
+    ``predictions`` the per-crystal ``index``, ``target`` and ``prediction`` arrays.
+    """
+    cfg, model = run.cfg, run.model
+    loader = make_loader(run.data, split, cfg.train.batch_size, run.standardizer, shuffle=train,
+                         seed=cfg.train.random_seed + run.epoch, num_workers=cfg.train.num_workers)
+    model.train(train)
+    sums = torch.zeros(5, device=run.device)  # loss*B, |err|, err^2, alpha sum, alpha^2 sum (atoms)
+    atoms = 0
+    kept: list[tuple[torch.Tensor, ...]] = []
+    with torch.set_grad_enabled(train):
+        for batch in loader:
+            batch = batch.to(run.device)
+            loss, pred = _step(run, batch, train)
+            err = (pred.detach() - batch.target) * run.standardizer.std
+            alphas = model.alpha_stats()
+            alpha = torch.cat(list(alphas.values())) if alphas else None
+            sums += torch.stack([loss.detach() * len(batch), err.abs().sum(), (err**2).sum(),
+                                 alpha.sum() if alpha is not None else sums.new_zeros(()),
+                                 (alpha**2).sum() if alpha is not None else sums.new_zeros(())])
+            atoms += alpha.numel() if alpha is not None else 0
+            if predictions:
+                kept.append((batch.index.cpu(), batch.target.cpu(), pred.detach().cpu()))
+    n = len(loader.dataset)
+    loss_sum, abs_sum, sq_sum, alpha_sum, alpha_sq = sums.tolist()  # the epoch's one device-to-host copy
+    out: dict[str, Any] = {"loss": loss_sum / n, "mae": abs_sum / n, "rmse": math.sqrt(sq_sum / n), "crystals": n}
+    if atoms:
+        mean = alpha_sum / atoms
+        out.update(alpha_mean=mean, alpha_std=math.sqrt(max(alpha_sq / atoms - mean**2, 0.0)))
+    if predictions:
+        index, target, pred = (torch.cat(parts) for parts in zip(*kept))
+        out.update(index=index.numpy(), target=run.standardizer.inverse(target.double()).numpy(),
+                   prediction=run.standardizer.inverse(pred.double()).numpy())
+    return out
+
+
+def _step(run: Run, batch: Batch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    output = run.model(batch)
+    loss = nn.functional.mse_loss(output.prediction, batch.target)
+    if train and output.contrastive_pair is not None:
+        loss = loss + run.cfg.model.contrastive_weight * contrastive_loss(
+            *output.contrastive_pair, temperature=run.cfg.model.contrastive_temperature)
+    if train:
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if run.cfg.train.grad_clip_norm > 0:
+            nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+    return loss, output.prediction
+
+
+def _stop_reason(run: Run, train: dict[str, Any], val: dict[str, Any], scales: dict[str, float]) -> str:
+    if not math.isfinite(train["loss"]) or not math.isfinite(val["mae"]):
+        return f"nan_loss: the loss became {train['loss']} at epoch {run.epoch}; lower learning_rate or the text scale"
+    too_big = {name: s for name, s in scales.items() if abs(s) > run.cfg.train.max_text_scale}
+    if too_big:
+        return (f"text_scale_exploded: {too_big} beyond max_text_scale={run.cfg.train.max_text_scale} at epoch "
+                f"{run.epoch}; lower middle_fusion_initial_scale or use middle_fusion_use_gate_norm")
+    patience = run.cfg.train.early_stopping_patience
+    if patience and run.epoch - run.best_epoch >= patience:
+        return f"early_stopping: no better val_mae for {patience} epochs"
+    return ""
+
+
+def fit(cfg: Config, data: PreparedData, on_epoch: EpochCallback | None = None,
+        checkpoint: dict[str, Any] | None = None, device: torch.device | None = None) -> Run:
+    """Train until ``epochs``, early stopping, a NaN loss or an exploding ``text_scale``; returns the run.
+
+    ``on_epoch(metrics, run)`` is called after every epoch with train loss/MAE, val MAE/RMSE, lr, each layer's
+    ``text_scale``, alpha mean/std, seconds per epoch and crystals per second; ``run.checkpoint()`` gives the
+    state to save. ``checkpoint`` resumes a run where it stopped.
+
+    Example:
+        >>> run = fit(Config.from_dict({"epochs": 3}), tune_fusion.data.prepare(cfg.data)[0])
+        >>> run.best_val_mae
+    """
+    run = start_run(cfg, data, device)
+    if checkpoint is not None:
+        run.resume(checkpoint)
+    while run.epoch < cfg.train.epochs and not run.stop_reason:
+        start = time.perf_counter()
+        lr = run.optimizer.param_groups[0]["lr"]
+        train = run_epoch(run, "train", train=True)
+        train_seconds = time.perf_counter() - start
+        val = run_epoch(run, "val")
+        run.epoch += 1
+        scales = {name: float(value) for name, value in run.model.text_scales().items()}
+        if math.isfinite(val["mae"]) and val["mae"] < run.best_val_mae:
+            run.best_val_mae, run.best_epoch = val["mae"], run.epoch
+            run.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        run.stop_reason = _stop_reason(run, train, val, scales)
+        metrics = {
+            "epoch": run.epoch, "train_loss": train["loss"], "train_mae": train["mae"], "val_mae": val["mae"],
+            "val_rmse": val["rmse"], "best_val_mae": run.best_val_mae, "lr": lr,
+            "seconds_per_epoch": time.perf_counter() - start,
+            "crystals_per_second": train["crystals"] / max(train_seconds, 1e-9),
+            **{f"text_scale/{name}": value for name, value in scales.items()},
+            **{k: train[k] for k in ("alpha_mean", "alpha_std") if k in train},
+            "stop_reason": run.stop_reason,
+        }
+        run.history.append(metrics)
+        log.info("epoch %d: train_mae %.4f val_mae %.4f%s", run.epoch, train["mae"], val["mae"],
+                 f" ({run.stop_reason})" if run.stop_reason else "")
+        if on_epoch is not None:
+            on_epoch(metrics, run)
+    return run
+
+
+def evaluate(run: Run, split: str = "test", state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """MAE, RMSE and predictions on ``split`` with ``state`` (default: the best-by-validation weights)."""
+    model_state = copy.deepcopy(run.model.state_dict())
+    run.model.load_state_dict(state or run.best_state or model_state)
+    try:
+        return run_epoch(run, split, predictions=True)
+    finally:
+        run.model.load_state_dict(model_state)
+
+
+if __name__ == "__main__":
+    from tune_fusion.cli import run as run_cli
+    from tune_fusion.standalone import main
+
+    run_cli(main)
