@@ -52,7 +52,7 @@ def published_layout(root_dir: str, target: str) -> str:
 
 def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m tune_fusion.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--config", help="JSON or YAML file of options; command-line flags override it")
     parser.add_argument("--root_dir", "--root-dir", help="with --dataset jarvis: folder of the published layout")
     parser.add_argument("--resume", nargs="?", const="True", default="False",
@@ -67,6 +67,19 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
             raise ConfigError("--dataset jarvis needs --root_dir DIR holding jarvis/<property>/description.csv")
         cfg = cfg.replace({"dataset": published_layout(args.root_dir, cfg.data.target)})
     return cfg, args
+
+
+# Options that may differ between a run and its resumption: where and how it runs, not what it computes.
+RUN_ONLY_OPTIONS = {"output_dir", "device", "num_workers", "cache_dir", "dataset"}
+
+
+def check_same_run(cfg: Config, stored: dict[str, Any], path: Path) -> None:
+    """Resuming continues the same run: every option that shapes it (epochs included) must match."""
+    differ = sorted(k for k, v in cfg.to_dict().items() if k not in RUN_ONLY_OPTIONS and stored.get(k) != v)
+    if differ:
+        raise ConfigError(f"--resume: {path} was made with other settings for {', '.join(differ)} "
+                          f"({', '.join(f'{k}={stored.get(k)!r}' for k in differ)}); pass the same values, "
+                          "or start a new run in another --output_dir")
 
 
 def save(obj: Any, path: Path) -> None:
@@ -89,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not last.is_file():
             raise DataError(f"--resume: {last} does not exist; run once without --resume first")
         resume = torch.load(last, weights_only=True)
+        check_same_run(cfg, resume["config"], last)
     data, _ = prepare(cfg.data)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 

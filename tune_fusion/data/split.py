@@ -8,8 +8,11 @@ from tune_fusion.errors import DataError
 
 
 def split_sizes(n: int, ratios: tuple[float, float, float], counts: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Sizes of (train, val, test): an absolute count where given (> 0), else ``floor(ratio * n)``."""
+    """Sizes of (train, val, test): an absolute count where given (> 0), else ``floor(ratio * n)``; a training
+    size from its ratio shrinks to what the other two leave."""
     sizes = tuple(count if count > 0 else int(ratio * n) for ratio, count in zip(ratios, counts))
+    if counts[0] == 0:
+        sizes = (min(sizes[0], n - sizes[1] - sizes[2]), sizes[1], sizes[2])
     if sum(sizes) > n:
         raise DataError(f"split sizes train/val/test = {sizes} need {sum(sizes)} records but only {n} are usable; "
                         "lower n_train/n_val/n_test or the ratios")
