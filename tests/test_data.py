@@ -23,9 +23,9 @@ from tune_fusion.data import make_loader, prepare
 from tune_fusion.data.batching import Standardizer
 from tune_fusion.data.embed import embed_texts, split_sentences
 from tune_fusion.data.records import build_records
-from tune_fusion.data.sources import locate, read_entries
+from tune_fusion.data.sources import locate, read_entries, sidecar_path
 from tune_fusion.data.split import split_indices
-from tune_fusion.data.text import clean_text, jarvis_text, read_descriptions, sidecar_path
+from tune_fusion.data.text import clean_text, jarvis_text, read_descriptions
 from tune_fusion.errors import DataError
 
 

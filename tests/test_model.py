@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import dgl
 import pytest
 import torch
 
 import tune_fusion  # noqa: F401  (must precede dgl: installs the graphbolt stub)
-import dgl
 from tune_fusion.config import Config, ModelConfig
 from tune_fusion.errors import DataError
 from tune_fusion.model import ALIGNNEncoder, FusionNetwork, contrastive_loss, pad_by_graph

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from tune_fusion.config import FIELDS, KEY_ALIASES, option_help, option_type
 from tune_fusion.errors import TuneFusionError

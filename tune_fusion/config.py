@@ -17,9 +17,10 @@ import dataclasses
 import difflib
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tune_fusion.errors import ConfigError
 
@@ -218,11 +219,11 @@ class Config:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "Config":
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> Config:
         """Build from flat option values; unknown keys and bad values raise ConfigError naming ``source``."""
         return cls().replace(values, source=source)
 
-    def replace(self, values: Mapping[str, Any], source: str = "config") -> "Config":
+    def replace(self, values: Mapping[str, Any], source: str = "config") -> Config:
         """A copy with some options changed (flat keys; original flag names accepted)."""
         per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
         for raw_key, value in values.items():

@@ -20,7 +20,7 @@ class Standardizer:
     std: float
 
     @classmethod
-    def fit(cls, targets: torch.Tensor) -> "Standardizer":
+    def fit(cls, targets: torch.Tensor) -> Standardizer:
         std = float(targets.std()) if len(targets) > 1 else 0.0
         return cls(float(targets.mean()), std if std > 1e-12 else 1.0)
 
@@ -43,7 +43,7 @@ class Batch:
     target: torch.Tensor  # (B,) standardised
     index: torch.Tensor  # (B,) crystal indices into the prepared data
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     def __len__(self) -> int:

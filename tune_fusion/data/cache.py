@@ -31,9 +31,9 @@ from tune_fusion.config import DataConfig
 from tune_fusion.data.embed import embed_texts
 from tune_fusion.data.graphs import build_graph
 from tune_fusion.data.records import RecordReport, build_records
-from tune_fusion.data.sources import Source, locate, read_entries
+from tune_fusion.data.sources import Source, locate, read_entries, sidecar_path
 from tune_fusion.data.split import split_indices
-from tune_fusion.data.text import DescriptionStore, fill_descriptions, sidecar_path
+from tune_fusion.data.text import DescriptionStore, fill_descriptions
 from tune_fusion.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import json
 import logging
+import re
 import zipfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -69,7 +70,27 @@ class Source:
 
 
 def locate(dataset: str, cache_dir: str | Path) -> Source:
-    """Find the dataset on disk and tell its format; raises DataError naming the path and the fix."""
+    """Find the dataset on disk and tell its format; raises DataError naming the path and the fix.
+
+    Descriptions shipped beside the dataset (``sidecar_path``) count as part of its content.
+    """
+    source = _locate(dataset, cache_dir)
+    sidecar = sidecar_path(source.path)
+    if sidecar.is_file():
+        return Source(source.path, source.format, (*source.content_files, sidecar))
+    return source
+
+
+def sidecar_path(dataset_path: Path) -> Path:
+    """Where descriptions shipped with a dataset live: ``<stem>.descriptions.csv.gz`` beside a file, or
+    ``descriptions.csv.gz`` inside a dataset folder."""
+    if dataset_path.is_dir():
+        return dataset_path / "descriptions.csv.gz"
+    stem = re.sub(r"(\.json\.gz|\.json|\.zip|\.csv)$", "", dataset_path.name)
+    return dataset_path.with_name(f"{stem}.descriptions.csv.gz")
+
+
+def _locate(dataset: str, cache_dir: str | Path) -> Source:
     path = Path(dataset).expanduser()
     if not path.exists():
         by_name = _jarvis_zip(dataset, Path(cache_dir).expanduser())

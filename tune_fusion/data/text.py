@@ -18,8 +18,9 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from jarvis.core.atoms import Atoms
 
@@ -123,15 +124,6 @@ def write_descriptions(path: Path, entries: dict[str, tuple[str, str, str]]) -> 
     with gzip.open(tmp, "wt", encoding="utf-8", newline="") as handle:
         handle.write(buffer.getvalue())
     os.replace(tmp, path)
-
-
-def sidecar_path(dataset_path: Path) -> Path:
-    """Where descriptions shipped with a dataset live: ``<stem>.descriptions.csv.gz`` beside a file, or
-    ``descriptions.csv.gz`` inside a dataset folder."""
-    if dataset_path.is_dir():
-        return dataset_path / "descriptions.csv.gz"
-    stem = re.sub(r"(\.json\.gz|\.json|\.zip|\.csv)$", "", dataset_path.name)
-    return dataset_path.with_name(f"{stem}.descriptions.csv.gz")
 
 
 def fill_descriptions(

@@ -7,7 +7,7 @@ ALIGNN block updates atoms on ``g`` gated by bond features, then bonds on ``lg``
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import dgl
 import dgl.function as fn
@@ -132,7 +132,7 @@ class ALIGNNEncoder(nn.Module):
         self.readout = AvgPooling()
 
     @classmethod
-    def from_config(cls, config: ModelConfig, atom_feature_dim: int = 92) -> "ALIGNNEncoder":
+    def from_config(cls, config: ModelConfig, atom_feature_dim: int = 92) -> ALIGNNEncoder:
         """Build from the model section of the config."""
         return cls(
             atom_feature_dim=atom_feature_dim,
@@ -146,7 +146,7 @@ class ALIGNNEncoder(nn.Module):
         )
 
     def forward(
-        self, g: dgl.DGLGraph, lg: dgl.DGLGraph, after_alignn_block: Optional[BlockHook] = None
+        self, g: dgl.DGLGraph, lg: dgl.DGLGraph, after_alignn_block: BlockHook | None = None
     ) -> tuple[Tensor, Tensor]:
         """Return (atom features (N, hidden), crystal readout (B, hidden))."""
         atoms = g.ndata["atom_features"].float()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -45,8 +43,8 @@ class MiddleFusion(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_features)
         self.record_diagnostics = False
-        self.last_alpha: Optional[Tensor] = None
-        self.last_diagnostics: Optional[dict[str, Tensor]] = None
+        self.last_alpha: Tensor | None = None
+        self.last_diagnostics: dict[str, Tensor] | None = None
 
     def forward(self, h: Tensor, text: Tensor, batch_num_nodes: Tensor) -> Tensor:
         """h: (N, hidden) atoms, text: (B, D) crystal text vectors, batch_num_nodes: (B,) atoms per crystal."""
@@ -97,7 +95,7 @@ class CrossModalAttention(nn.Module):
         self.atoms_to_sentences = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.sentences_to_atoms = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.out = nn.Linear(2 * dim, dim)
-        self.last_attention: Optional[dict[str, Tensor]] = None
+        self.last_attention: dict[str, Tensor] | None = None
 
     def forward(self, atoms: Tensor, batch_num_nodes: Tensor, sentences: Tensor, sentence_mask: Tensor) -> Tensor:
         """atoms: (N, atom_dim), batch_num_nodes: (B,), sentences: (B, S, D), sentence_mask: (B, S) bool."""

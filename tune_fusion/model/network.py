@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +20,8 @@ class ModelOutput:
 
     prediction: Tensor  # (B,) standardised target, identity link
     graph_repr: Tensor  # (B, hidden) mean-pooled atom features
-    text_repr: Optional[Tensor]  # (B, text_projection_dim); None when graph_only
-    contrastive_pair: Optional[tuple[Tensor, Tensor]]  # projected (graph, text), each (B, text_projection_dim)
+    text_repr: Tensor | None  # (B, text_projection_dim); None when graph_only
+    contrastive_pair: tuple[Tensor, Tensor] | None  # projected (graph, text), each (B, text_projection_dim)
 
 
 def _projection(in_features: int, out_features: int) -> nn.Sequential:
@@ -109,7 +109,7 @@ class FusionNetwork(nn.Module):
             pair = (self.graph_contrastive_head(graph_repr), self.text_contrastive_head(text_repr))
         return ModelOutput(prediction, graph_repr, text_repr, pair)
 
-    def _checked(self, tensor: Tensor, name: str, shape: tuple[Optional[int], ...]) -> Tensor:
+    def _checked(self, tensor: Tensor, name: str, shape: tuple[int | None, ...]) -> Tensor:
         """Raise DataError unless ``tensor`` has ``shape`` (None = any size)."""
         ok = tensor.dim() == len(shape) and all(want is None or want == got for want, got in zip(shape, tensor.shape))
         if not ok:

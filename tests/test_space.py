@@ -1,0 +1,153 @@
+"""Search-space YAML: the shipped spaces load, conditions hold, and every bad input is a one-line error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tune_fusion.errors import ConfigError
+from tune_fusion.space import DefineByRun, load_spec, parse_spec
+
+SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
+VALID = """
+dataset: {path: data/jarvis_dft3d_800.json.gz, target: formation_energy_peratom}
+fixed: {epochs: 30, batch_size: 64, use_middle_fusion: true}
+search:
+  middle_fusion_initial_scale: {type: loguniform, low: 1.0, high: 20.0}
+  middle_fusion_layers: {type: choice, values: ["2", "3", "2,3"]}
+  use_cross_modal: {type: choice, values: [true, false]}
+  cross_modal_num_heads: {type: choice, values: [1, 2, 4, 8], when: {use_cross_modal: true}}
+scheduler: {type: asha, max_t: 30, grace_period: 3, reduction_factor: 3}
+searcher: {type: optuna, sampler: tpe, seed: 0}
+resources: {cpu: 1, gpu: 0}
+num_samples: 32
+max_concurrent: 2
+"""
+
+
+def test_shipped_spaces_are_valid():
+    names = {p.stem for p in SPACES}
+    assert {"quickstart", "middle_fusion", "full", "graph_only"} <= names
+    for path in SPACES:
+        spec = load_spec(path)
+        assert spec.params and spec.num_samples >= 1 and spec.base.data.dataset.endswith("jarvis_dft3d_800.json.gz")
+    assert load_spec(REPO / "search_spaces" / "graph_only.yaml").base.model.graph_only
+    full = load_spec(REPO / "search_spaces" / "full.yaml")
+    assert len(full.searcher["points_to_evaluate"]) == 3
+
+
+def test_conditional_parameters_drawn_only_when_their_condition_holds():
+    spec = load_spec(REPO / "search_spaces" / "full.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    space = DefineByRun(spec.params, spec.base)
+    drawn = []
+    for _ in range(60):
+        trial = study.ask()
+        space(trial)
+        drawn.append(trial.params)
+        study.tell(trial, 1.0)
+    for params in drawn:
+        assert ("cross_modal_num_heads" in params) == params["use_cross_modal"]
+        assert ("contrastive_weight" in params) == params["use_contrastive"]
+        assert ("middle_fusion_initial_scale" in params) == params["use_middle_fusion"]
+        if "middle_fusion_initial_scale" in params:
+            assert 1.0 <= params["middle_fusion_initial_scale"] <= 20.0
+    assert any(p["use_cross_modal"] for p in drawn) and not all(p["use_cross_modal"] for p in drawn)
+
+
+def edit(change: str) -> str:
+    """VALID with one line replaced or added: 'old => new' or just 'new' (appended)."""
+    if " => " in change:
+        old, new = change.split(" => ")
+        assert old in VALID, old
+        return VALID.replace(old, new)
+    return VALID + change + "\n"
+
+
+# One row per bad input: (how to break the valid file, what the one-line error must say).
+BAD_YAML = [
+    ("search: [oops", "not valid YAML"),
+    ("num_sample: 4", "unknown key 'num_sample'. Did you mean 'num_samples'?"),
+    ("fixed: {epochs: 30, batch_size: 64, use_middle_fusion: true} => fixed: {epoch: 30}", "Did you mean 'epochs'?"),
+    ("fixed: {epochs: 30, batch_size: 64, use_middle_fusion: true} => fixed: {epochs: thirty}", "epochs='thirty' is not a valid int"),
+    ("low: 1.0, high: 20.0 => low: 20.0, high: 1.0", "low=20.0 must be < high=1.0"),
+    ("low: 1.0, high: 20.0 => low: 1.0, high: 1.0", "empty or inverted range"),
+    ("low: 1.0, high: 20.0 => low: 0.0, high: 20.0", "loguniform needs low > 0"),
+    ('values: ["2", "3", "2,3"] => values: []', "a choice needs a non-empty list"),
+    ('values: ["2", "3", "2,3"] => values: ["2", "7"]', "names layer(s) [7] but the model has alignn_layers=4"),
+    ("when: {use_cross_modal: true} => when: {use_crossmodal: true}", "condition on unknown parameter 'use_crossmodal'"),
+    ("type: loguniform => type: lognormal", "type='lognormal' must be one of"),
+    ("middle_fusion_initial_scale: {type => middle_fusion_init_scale: {type", "Did you mean 'middle_fusion_initial_scale'?"),
+    ("max_t: 30 => max_t: 50", "max_t=50 exceeds epochs=30"),
+    ("grace_period: 3 => grace_period: 0", "1 <= grace_period <= max_t"),
+    ("num_samples: 32 => num_samples: 0", "num_samples=0 must be >= 1"),
+    ("num_samples: 32 => num_samples: many", "num_samples='many' must be a int"),
+    ("resources: {cpu: 1, gpu: 0} => resources: {cpu: 1, gpus: 1}", "unknown key 'gpus'. Did you mean 'gpu'?"),
+    ("sampler: tpe => sampler: cmaes", "sampler='cmaes' must be tpe or random"),
+    ("use_cross_modal: {type: choice, values: [true, false]} => use_cross_modal: {type: choice, values: [true, maybe]}",
+     "use_cross_modal='maybe' is not a valid bool"),
+    ("cross_modal_num_heads: {type: choice, values: [1, 2, 4, 8] => cross_modal_num_heads: {type: choice, values: [3]",
+     "cross_modal_num_heads=3 must divide cross_modal_hidden_dim=256"),
+    ("when: {use_cross_modal: true} => when: {use_cross_modal: 3}", "use_cross_modal=3 is not a valid bool"),
+    ("searcher: {type: optuna, sampler: tpe, seed: 0} => searcher: {type: optuna, points_to_evaluate: [{lr: 1}]}",
+     "'lr' is not a searched parameter"),
+    ("fixed: {epochs: 30, batch_size: 64, use_middle_fusion: true} => fixed: {epochs: 30, middle_fusion_layers: '2'}",
+     "'middle_fusion_layers' is both fixed and searched"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_YAML, ids=[m[:40] for _, m in BAD_YAML])
+def test_bad_yaml_is_a_one_line_error_naming_file_key_and_fix(tmp_path, change, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(edit(change))
+    with pytest.raises(ConfigError) as caught:
+        load_spec(path)
+    text = str(caught.value)
+    assert message in text and "\n" not in text and str(path) in text
+
+
+def test_the_valid_base_really_is_valid(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(VALID)
+    spec = load_spec(path)
+    assert [p.name for p in spec.params][-1] == "cross_modal_num_heads"  # after the param its condition reads
+
+
+def test_overrides_from_the_command_line_are_validated_too():
+    raw = yaml.safe_load(VALID)
+    assert parse_spec(raw, "x.yaml", {"num_samples": 3}).num_samples == 3
+    with pytest.raises(ConfigError, match="max_concurrent=0 must be >= 1"):
+        parse_spec(raw, "x.yaml", {"max_concurrent": 0})
+
+
+def test_run_search_cli_reports_bad_space_in_one_line_before_ray_starts(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(edit("num_sample: 4"))
+    out = subprocess.run([sys.executable, "run_search.py", "--space", str(path)], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "num_samples" in out.stderr
+    assert "Ray" not in out.stdout
+
+
+def test_cluster_yaml_passes_rays_own_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    assert config["available_node_types"]["head"]["resources"] == {"CPU": 0}
+    text = (REPO / "cluster.yaml").read_text().lower()
+    assert "aws_secret" not in text and "password" not in text and "--dashboard-host=127.0.0.1" in text
+    broken = {**config, "max_workerz": 3}
+    with pytest.raises(Exception, match="max_workerz"):
+        validate_config(prepare_config(broken))
+
+
+def test_missing_space_file():
+    with pytest.raises(ConfigError, match="search space nowhere.yaml not found"):
+        load_spec(Path("nowhere.yaml"))

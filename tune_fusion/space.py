@@ -1,0 +1,325 @@
+"""A YAML search space -> a validated ``SearchSpec`` -> an Optuna define-by-run function.
+
+Shape of a file (every key is checked before Ray starts; see search_spaces/*.yaml)::
+
+    dataset: {path: data/jarvis_dft3d_800.json.gz, target: formation_energy_peratom}   # + any data option
+    fixed: {epochs: 30, batch_size: 64, use_middle_fusion: true}                         # any option
+    search:
+      middle_fusion_initial_scale: {type: loguniform, low: 1.0, high: 20.0}
+      middle_fusion_layers: {type: choice, values: ["2", "3", "2,3"]}
+      use_cross_modal: {type: choice, values: [true, false]}
+      cross_modal_num_heads: {type: choice, values: [1, 2, 4, 8], when: {use_cross_modal: true}}
+    scheduler: {type: asha, max_t: 30, grace_period: 3, reduction_factor: 3}             # or {type: fifo}
+    searcher: {type: optuna, sampler: tpe, seed: 0, points_to_evaluate: [...]}          # sampler: tpe | random
+    resources: {cpu: 1, gpu: 0}
+    num_samples: 32
+    max_concurrent: 2
+    time_budget_s: 3600                                                                  # optional
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tune_fusion.config import FIELDS, PACKAGE_ROOT, Config, coerce, option_type, parse_layers, suggest
+from tune_fusion.errors import ConfigError
+
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+TOP_LEVEL = ("dataset", "fixed", "search", "scheduler", "searcher", "resources", "num_samples", "max_concurrent",
+             "time_budget_s")
+SCHEDULER_KEYS = {"type": str, "max_t": int, "grace_period": int, "reduction_factor": float}
+SEARCHER_KEYS = {"type": str, "sampler": str, "seed": int, "points_to_evaluate": list}
+RESOURCE_KEYS = {"cpu": float, "gpu": float}
+PARAM_KEYS = ("type", "low", "high", "values", "step", "when")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched option: its distribution and the condition under which it is sampled."""
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    values: tuple[Any, ...] = ()
+    step: float | None = None
+    when: tuple[tuple[str, Any], ...] = ()
+
+    def suggest(self, trial: Any) -> Any:
+        """Draw a value from an Optuna trial."""
+        if self.type == "choice":
+            return trial.suggest_categorical(self.name, list(self.values))
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1))
+        return trial.suggest_float(self.name, self.low, self.high, log=self.type == "loguniform",
+                                   step=self.step if self.type == "uniform" else None)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A validated search: the base config (dataset + fixed), the searched params and how to run them."""
+
+    source: str
+    base: Config
+    params: tuple[Param, ...]
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha", "max_t": 30, "grace_period": 3,
+                                                                "reduction_factor": 3.0})
+    searcher: dict[str, Any] = field(default_factory=lambda: {"type": "optuna", "sampler": "tpe", "seed": 0,
+                                                               "points_to_evaluate": []})
+    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    num_samples: int = 8
+    max_concurrent: int = 2
+    time_budget_s: float | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).stem
+
+
+class DefineByRun:
+    """The Optuna define-by-run space: a conditional param is drawn only when its ``when`` holds.
+
+    A plain class (not a closure) so Ray can pickle it with the searcher's state.
+    """
+
+    def __init__(self, params: tuple[Param, ...], base: Config) -> None:
+        self.params = params
+        self.base = base.to_dict()
+
+    def __call__(self, trial: Any) -> None:
+        chosen: dict[str, Any] = {}
+        for param in self.params:
+            if all(chosen.get(key, self.base.get(key)) == value for key, value in param.when):
+                chosen[param.name] = param.suggest(trial)
+
+
+def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SearchSpec:
+    """Read and validate a search-space YAML; ``overrides`` are top-level values from the command line."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        shipped = PACKAGE_ROOT / "search_spaces" / path.name
+        if not shipped.is_file():
+            raise ConfigError(f"search space {path} not found; pass a YAML file such as search_spaces/quickstart.yaml")
+        path, source = shipped, str(shipped)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{source}:{line} is not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    return parse_spec(raw or {}, source, overrides or {})
+
+
+def parse_spec(raw: Mapping[str, Any], source: str, overrides: Mapping[str, Any] | None = None) -> SearchSpec:
+    """Validate a search space given as a mapping (the parsed YAML)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping with keys {', '.join(TOP_LEVEL)}")
+    raw = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"{source}: unknown key '{key}'.{suggest(key, TOP_LEVEL)} Valid keys: {', '.join(TOP_LEVEL)}")
+    dataset = _mapping(raw, "dataset", source)
+    fixed = _mapping(raw, "fixed", source)
+    base_values = {("dataset" if k == "path" else k): v for k, v in dataset.items()}
+    if "dataset" in base_values and not Path(str(base_values["dataset"])).is_absolute():
+        relative = Path(source).resolve().parent / str(base_values["dataset"])
+        if relative.exists():
+            base_values["dataset"] = str(relative)
+        elif (PACKAGE_ROOT / str(base_values["dataset"])).exists():
+            base_values["dataset"] = str(PACKAGE_ROOT / str(base_values["dataset"]))
+    base = Config.from_dict({**base_values, **fixed}, source=f"{source}: dataset/fixed")
+    params = _params(_mapping(raw, "search", source), base, fixed, source)
+    scheduler = {**SearchSpec.__dataclass_fields__["scheduler"].default_factory(),
+                 **_typed(_mapping(raw, "scheduler", source), SCHEDULER_KEYS, f"{source}: scheduler")}
+    searcher = {**SearchSpec.__dataclass_fields__["searcher"].default_factory(),
+                **_typed(_mapping(raw, "searcher", source), SEARCHER_KEYS, f"{source}: searcher")}
+    resources = {**SearchSpec.__dataclass_fields__["resources"].default_factory(),
+                 **_typed(_mapping(raw, "resources", source), RESOURCE_KEYS, f"{source}: resources")}
+    spec = SearchSpec(
+        source=source, base=base, params=params, scheduler=scheduler, searcher=searcher, resources=resources,
+        num_samples=_number(raw, "num_samples", int, 8, source, minimum=1),
+        max_concurrent=_number(raw, "max_concurrent", int, 2, source, minimum=1),
+        time_budget_s=_number(raw, "time_budget_s", float, None, source, minimum=1),
+    )
+    _check_run_settings(spec)
+    return spec
+
+
+def _mapping(raw: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: '{key}' must be a mapping (key: value), got {type(value).__name__}")
+    return dict(value)
+
+
+def _typed(values: dict[str, Any], schema: dict[str, type], where: str) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if key not in schema:
+            raise ConfigError(f"{where}: unknown key '{key}'.{suggest(key, schema)} Valid keys: {', '.join(schema)}")
+        kind = schema[key]
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if not ok or isinstance(value, bool):
+            raise ConfigError(f"{where}.{key}={value!r} must be a {kind.__name__}")
+        out[key] = kind(value) if kind in (int, float) else value
+    return out
+
+
+def _number(raw: Mapping[str, Any], key: str, kind: type, default: Any, source: str, minimum: float) -> Any:
+    value = raw.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and int(value) != value):
+        raise ConfigError(f"{source}: {key}={value!r} must be a {kind.__name__} >= {minimum}")
+    if value < minimum:
+        raise ConfigError(f"{source}: {key}={value} must be >= {minimum}")
+    return kind(value)
+
+
+def _params(search: dict[str, Any], base: Config, fixed: Mapping[str, Any], source: str) -> tuple[Param, ...]:
+    params: dict[str, Param] = {}
+    for name, body in search.items():
+        where = f"{source}: search.{name}"
+        if name not in FIELDS:
+            raise ConfigError(f"{where}: '{name}' is not an option.{suggest(name, FIELDS)} "
+                              "Searchable options are the keys of tune_fusion/config.py")
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{where} must be a mapping like {{type: choice, values: [...]}}")
+        if name in fixed:
+            raise ConfigError(f"{where}: '{name}' is both fixed and searched; remove it from one of them")
+        params[name] = _param(name, dict(body), where)
+    for param in params.values():
+        for key, value in param.when:
+            where = f"{source}: search.{param.name}.when"
+            if key not in FIELDS:
+                raise ConfigError(f"{where}: condition on unknown parameter '{key}'.{suggest(key, FIELDS)} "
+                                  "Conditions name a searched or fixed option")
+            if key == param.name:
+                raise ConfigError(f"{where}: a parameter cannot depend on itself")
+            if key in params and params[key].type == "choice" and value not in params[key].values:
+                raise ConfigError(f"{where}: {key}={value!r} is never drawn; {key} takes {list(params[key].values)}")
+    ordered = _order(params, source)
+    _check_values(ordered, base, source)
+    return ordered
+
+
+def _param(name: str, body: dict[str, Any], where: str) -> Param:
+    for key in body:
+        if key not in PARAM_KEYS:
+            raise ConfigError(f"{where}: unknown key '{key}'.{suggest(key, PARAM_KEYS)} Valid keys: {', '.join(PARAM_KEYS)}")
+    kind = body.get("type")
+    if kind not in DISTRIBUTIONS:
+        raise ConfigError(f"{where}: type={kind!r} must be one of {', '.join(DISTRIBUTIONS)}")
+    when = body.get("when") or {}
+    if not isinstance(when, Mapping):
+        raise ConfigError(f"{where}.when must be a mapping like {{use_cross_modal: true}}")
+    try:
+        conditions = tuple((k, coerce(k, v) if k in FIELDS else v) for k, v in when.items())
+    except ConfigError as err:
+        raise ConfigError(f"{where}.when: {err}") from None
+    if kind == "choice":
+        values = body.get("values")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: a choice needs a non-empty list 'values', got {values!r}")
+        try:
+            coerced = tuple(coerce(name, v) for v in values)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        return Param(name, kind, values=coerced, when=conditions)
+    expected = int if kind == "int" else float
+    if option_type(name) not in (int, float) or (kind == "int" and option_type(name) is not int):
+        raise ConfigError(f"{where}: {name} is a {option_type(name).__name__}; use type: choice with values: [...]")
+    low, high, step = body.get("low"), body.get("high"), body.get("step")
+    for label, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: {label}={value!r} must be a finite {expected.__name__}")
+    if low >= high:
+        raise ConfigError(f"{where}: low={low} must be < high={high} (an empty or inverted range); "
+                          "swap them, or use fixed: for a single value")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{where}: loguniform needs low > 0, got low={low}")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise ConfigError(f"{where}: step={step!r} must be a number > 0")
+    return Param(name, kind, low=expected(low), high=expected(high), step=step, when=conditions)
+
+
+def _order(params: dict[str, Param], source: str) -> tuple[Param, ...]:
+    """Order params so each comes after the searched params its condition reads."""
+    ordered: list[Param] = []
+    pending = dict(params)
+    while pending:
+        ready = [p for p in pending.values() if all(k not in pending or k == p.name for k, _ in p.when)]
+        if not ready:
+            raise ConfigError(f"{source}: conditions of {', '.join(pending)} form a cycle; make one unconditional")
+        for param in ready:
+            ordered.append(param)
+            del pending[param.name]
+    return tuple(ordered)
+
+
+def _check_values(params: tuple[Param, ...], base: Config, source: str) -> None:
+    """Every drawable value must make a valid config with the fixed options and the other params' first values
+    (layer indices are checked against the largest model the space can draw)."""
+    alignn = next((p for p in params if p.name == "alignn_layers"), None)
+    max_layers = int(alignn.high if alignn and alignn.type == "int" else max(alignn.values) if alignn
+                     else base.model.alignn_layers)
+    representative = {p.name: p.values[0] if p.type == "choice" else p.low for p in params
+                      if p.name not in ("alignn_layers",)}
+    for param in params:
+        where = f"{source}: search.{param.name}"
+        if param.name == "middle_fusion_layers":
+            for value in param.values:
+                bad = [i for i in parse_layers(value) if not 0 <= i < max_layers]
+                if bad:
+                    raise ConfigError(f"{where}: value {value!r} names layer(s) {bad} but the model has "
+                                      f"alignn_layers={max_layers} (valid 0..{max_layers - 1}); drop it or raise "
+                                      "alignn_layers")
+            continue
+        samples = param.values if param.type == "choice" else (param.low, param.high)
+        for value in samples:
+            try:
+                base.replace({**representative, param.name: value})
+            except ConfigError as err:
+                raise ConfigError(f"{where}: value {value!r} is invalid: {str(err).split(': ', 1)[-1]}") from None
+
+
+def _check_run_settings(spec: SearchSpec) -> None:
+    src, sched, searcher = spec.source, spec.scheduler, spec.searcher
+    if sched["type"] not in ("asha", "fifo"):
+        raise ConfigError(f"{src}: scheduler.type={sched['type']!r} must be asha or fifo")
+    if sched["type"] == "asha":
+        if not 1 <= sched["grace_period"] <= sched["max_t"]:
+            raise ConfigError(f"{src}: scheduler needs 1 <= grace_period <= max_t, got grace_period="
+                              f"{sched['grace_period']}, max_t={sched['max_t']}")
+        if sched["reduction_factor"] <= 1:
+            raise ConfigError(f"{src}: scheduler.reduction_factor={sched['reduction_factor']} must be > 1")
+        if sched["max_t"] > spec.base.train.epochs:
+            raise ConfigError(f"{src}: scheduler.max_t={sched['max_t']} exceeds epochs={spec.base.train.epochs}: "
+                              "ASHA counts epochs; lower max_t or raise fixed.epochs")
+    if searcher["type"] != "optuna":
+        raise ConfigError(f"{src}: searcher.type={searcher['type']!r} must be optuna (use sampler: random for a "
+                          "random search)")
+    if searcher["sampler"] not in ("tpe", "random"):
+        raise ConfigError(f"{src}: searcher.sampler={searcher['sampler']!r} must be tpe or random")
+    names = {p.name: p for p in spec.params}
+    for i, point in enumerate(searcher["points_to_evaluate"]):
+        where = f"{src}: searcher.points_to_evaluate[{i}]"
+        if not isinstance(point, Mapping):
+            raise ConfigError(f"{where} must be a mapping of searched parameter: value")
+        for key, value in point.items():
+            if key not in names:
+                raise ConfigError(f"{where}: '{key}' is not a searched parameter.{suggest(key, names)}")
+            param = names[key]
+            if param.type == "choice" and coerce(key, value) not in param.values:
+                raise ConfigError(f"{where}: {key}={value!r} is not among its values {list(param.values)}")
+            if param.type != "choice" and not param.low <= float(value) <= param.high:
+                raise ConfigError(f"{where}: {key}={value} lies outside [{param.low}, {param.high}]")
+    if spec.resources["cpu"] <= 0 or spec.resources["gpu"] < 0:
+        raise ConfigError(f"{src}: resources need cpu > 0 and gpu >= 0, got {spec.resources}")

@@ -1,0 +1,63 @@
+"""The Ray Tune function trainable: one trial = one ``fit()`` on the prepared cache, reported once per epoch.
+
+Every Ray call of a trial lives here; the loop itself is ``tune_fusion.train.fit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from tune_fusion.config import Config
+from tune_fusion.data import load
+from tune_fusion.errors import TuneFusionError
+from tune_fusion.train import Run, fit
+
+log = logging.getLogger(__name__)
+
+METRIC, MODE = "val_mae", "min"  # what every search optimises: validation MAE only
+FINISHED = "trial_finished"  # 1 on a trial's last report when it ended by itself (epochs, early stop, NaN, ...)
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
+    """The plain-data checkpoint inside a Tune checkpoint directory."""
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
+
+
+def _use_trial_resources() -> torch.device:
+    """Threads = the trial's CPUs; the GPU Ray assigned (CUDA_VISIBLE_DEVICES is set per trial), if any."""
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_trial(params: dict[str, Any], cache_path: str, base: dict[str, Any]) -> None:
+    """Tune function trainable: ``base`` (the fixed options) updated with the searched ``params``, trained on the
+    prepared cache at ``cache_path`` (opened, never rebuilt)."""
+    device = _use_trial_resources()
+    try:
+        cfg = Config.from_dict({**base, **params}, source="trial config")
+    except TuneFusionError as err:  # a combination the space allowed but the model cannot have: no retry helps
+        tune.report({METRIC: math.inf, FINISHED: 1, "stop_reason": f"config_error: {err}"})
+        return
+    data = load(cache_path)
+    previous = tune.get_checkpoint()
+    resume = load_trial_checkpoint(previous) if previous else None
+
+    def report(metrics: dict[str, Any], run: Run) -> None:
+        finished = bool(run.stop_reason) or run.epoch >= cfg.train.epochs
+        value = metrics[METRIC] if math.isfinite(metrics[METRIC]) else math.inf
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(run.checkpoint(), Path(folder) / CHECKPOINT_FILE)
+            tune.report({**metrics, METRIC: value, FINISHED: int(finished)},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+    fit(cfg, data, on_epoch=report, checkpoint=resume, device=device)
