@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -51,13 +52,15 @@ def train_trial(params: dict[str, Any], cache_path: str, base: dict[str, Any]) -
     data = load(cache_path)
     previous = tune.get_checkpoint()
     resume = load_trial_checkpoint(previous) if previous else None
+    placement = {"node_id": ray.get_runtime_context().get_node_id(),  # where this attempt runs (after a restart too)
+                 "resumed_from_epoch": resume["epoch"] if resume else 0}
 
     def report(metrics: dict[str, Any], run: Run) -> None:
         finished = bool(run.stop_reason) or run.epoch >= cfg.train.epochs
         value = metrics[METRIC] if math.isfinite(metrics[METRIC]) else math.inf
         with tempfile.TemporaryDirectory() as folder:
             torch.save(run.checkpoint(), Path(folder) / CHECKPOINT_FILE)
-            tune.report({**metrics, METRIC: value, FINISHED: int(finished)},
+            tune.report({**metrics, **placement, METRIC: value, FINISHED: int(finished)},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
     fit(cfg, data, on_epoch=report, checkpoint=resume, device=device)

@@ -1,0 +1,201 @@
+"""The search service with real Ray, real trials on the sample data (tiny model, 3 epochs): Optuna + ASHA,
+conditional parameters, the persisted study, TensorBoard files, resume after a killed driver, and a 2-node
+cluster that loses a worker node mid-trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from tests.conftest import REPO, tiny_config
+from tune_fusion.search import STUDY_FILE, run_search
+from tune_fusion.space import load_spec
+
+pytestmark = pytest.mark.slow
+TINY = ("cache_dir", "max_structures", "alignn_layers", "gcn_layers", "hidden_features", "embedding_features",
+        "edge_input_features", "triplet_input_features", "text_projection_dim", "middle_fusion_hidden_dim",
+        "cross_modal_hidden_dim", "batch_size", "early_stopping_patience")
+
+
+def write_space(path: Path, cache_dir: Path, num_samples: int = 6, epochs: int = 3, **fixed) -> Path:
+    base = tiny_config(cache_dir).to_dict()
+    space = {
+        "dataset": {"path": base["dataset"], "target": "formation_energy_peratom"},
+        "fixed": {**{k: base[k] for k in TINY}, "epochs": epochs, **fixed},
+        "search": {
+            "learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+            "use_middle_fusion": {"type": "choice", "values": [True, False]},
+            "middle_fusion_layers": {"type": "choice", "values": ["0", "1"], "when": {"use_middle_fusion": True}},
+            "use_cross_modal": {"type": "choice", "values": [True, False]},
+            "cross_modal_num_heads": {"type": "choice", "values": [1, 2], "when": {"use_cross_modal": True}},
+        },
+        "scheduler": {"type": "asha", "max_t": epochs, "grace_period": 1, "reduction_factor": 2},
+        "searcher": {"type": "optuna", "sampler": "tpe", "seed": 0},
+        "resources": {"cpu": 1, "gpu": 0},
+        "num_samples": num_samples,
+        "max_concurrent": 2,
+    }
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def trial_rows(exp_dir: Path) -> dict[str, list[dict]]:
+    """Every trial's reported results, read from its result.json."""
+    rows = {}
+    for result in sorted(exp_dir.glob("trial_*/result.json")):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        rows[result.parent.name] = lines
+    return rows
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory, cache_dir, prepared):
+    root = tmp_path_factory.mktemp("search")
+    spec = load_spec(write_space(root / "tiny.yaml", cache_dir))
+    outcome = run_search(spec, storage=str(root / "results"), name="tiny")
+    return outcome, Path(outcome.experiment_dir)
+
+
+def test_search_end_to_end_with_asha_stopping_trials(finished_search):
+    outcome, exp_dir = finished_search
+    rows = trial_rows(exp_dir)
+    assert len(outcome.results) == len(rows) == 6 and outcome.results.num_errors == 0
+    epochs_run = {name: r[-1]["training_iteration"] for name, r in rows.items()}
+    stopped = [n for n, r in rows.items() if not r[-1]["trial_finished"]]
+    assert stopped and all(epochs_run[n] < 3 for n in stopped)  # ASHA stopped these early
+    assert any(epochs_run[n] == 3 and r[-1]["trial_finished"] for n, r in rows.items())
+    best = min(min(x["val_mae"] for x in r) for r in rows.values())
+    assert outcome.best_val_mae == pytest.approx(best)
+
+
+def test_study_persisted_with_pruned_trials(finished_search):
+    outcome, exp_dir = finished_search
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
+    states = [t.state for t in study.trials]
+    stopped = sum(not r[-1]["trial_finished"] for r in trial_rows(exp_dir).values())
+    assert states.count(optuna.trial.TrialState.PRUNED) == stopped
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 6 - stopped
+    assert study.best_value == pytest.approx(min(t.value for t in study.trials if t.value is not None))
+
+
+def test_conditional_parameters_follow_their_conditions(finished_search):
+    outcome, _ = finished_search
+    for result in outcome.results:
+        config = result.config
+        assert ("middle_fusion_layers" in config) == config["use_middle_fusion"]
+        assert ("cross_modal_num_heads" in config) == config["use_cross_modal"]
+
+
+def test_tensorboard_files_hold_the_named_scalars(finished_search):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    outcome, exp_dir = finished_search
+    fused = next(r for r in outcome.results if r.config["use_middle_fusion"])
+    events = EventAccumulator(str(fused.path))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    layer = fused.config["middle_fusion_layers"]
+    for name in ("val_mae", "train_mae", "train_loss", "lr", f"text_scale/layer_{layer}", "alpha_mean", "val_rmse"):
+        assert f"ray/tune/{name}" in tags, (name, sorted(tags))
+    values = [e.value for e in events.Scalars("ray/tune/val_mae")]
+    assert values == pytest.approx(list(fused.metrics_dataframe["val_mae"]), rel=1e-5)
+
+
+def test_every_trial_checkpoint_is_plain_data_with_best_weights(finished_search):
+    import torch
+
+    outcome, _ = finished_search
+    for result in outcome.results:
+        ckpt = torch.load(Path(result.checkpoint.path) / "checkpoint.pt", weights_only=True)
+        assert ckpt["epoch"] == result.metrics["training_iteration"]
+        assert ckpt["val_mae"] == pytest.approx(min(result.metrics_dataframe["val_mae"]))
+        assert set(ckpt["best_model"]) == set(ckpt["model"])
+        assert len(list(Path(result.path).glob("checkpoint_*"))) <= 2  # bounded disk use
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the search ended before {what}: {proc.stdout.read() if proc.stdout else ''}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_search_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "run_search.py", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, cache_dir, prepared):
+    space = write_space(tmp_path / "resume.yaml", cache_dir, num_samples=5, epochs=3)
+    storage, exp_dir = tmp_path / "results", tmp_path / "results" / "resume"
+    args = ["--space", str(space), "--storage", str(storage)]
+    driver = run_search_cli(*args)
+
+    def finished_trials():
+        done = {n: r for n, r in trial_rows(exp_dir).items() if r and r[-1]["trial_finished"]}
+        return done if len(done) >= 2 else None
+
+    done_before = wait_for(finished_trials, 300, "two finished trials", driver)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started, mid-search
+    driver.wait()
+    resumed = run_search_cli(*args, "--resume")
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output[-3000:]
+    after = trial_rows(exp_dir)
+    for name, rows in done_before.items():
+        assert after[name][: len(rows)] == rows and len(after[name]) == len(rows)  # finished trials not rerun
+    assert len(after) == 5 and all(r[-1]["trial_finished"] or r[-1]["training_iteration"] < 3 for r in after.values())
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
+    assert len([t for t in study.trials if t.state.is_finished()]) >= 5
+    assert "best validation MAE" in output
+
+
+def test_two_node_cluster_survives_losing_a_worker_node(tmp_path, cache_dir, prepared):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    space = write_space(tmp_path / "cluster.yaml", cache_dir, num_samples=4, epochs=4, max_structures=120)
+    exp_dir = tmp_path / "results" / "cluster"
+    driver = run_search_cli("--space", str(space), "--storage", str(tmp_path / "results"), "--address",
+                            cluster.address)
+    try:
+        victim = nodes[0]
+
+        def trial_on_victim_with_checkpoint():
+            for name, rows in trial_rows(exp_dir).items():
+                if rows and rows[-1]["node_id"] == victim.node_id and not rows[-1]["trial_finished"]:
+                    return name
+            return None
+
+        name = wait_for(trial_on_victim_with_checkpoint, 300, "a checkpointed trial on the worker node", driver)
+        cluster.remove_node(victim)  # the worker node dies mid-trial
+        cluster.add_node(num_cpus=1)  # a replacement joins
+        output = driver.communicate(timeout=600)[0]
+        assert driver.returncode == 0, output[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        cluster.shutdown()
+    rows = trial_rows(exp_dir)
+    assert len(rows) == 4
+    assert len({r["node_id"] for trial in rows.values() for r in trial}) >= 2  # trials ran on several nodes
+    moved = rows[name]
+    assert moved[-1]["node_id"] != victim.node_id and moved[-1]["resumed_from_epoch"] >= 1
+    assert moved[-1]["trial_finished"] or moved[-1]["training_iteration"] < 4
+    assert [r["epoch"] for r in moved if r["node_id"] != victim.node_id][0] == moved[-1]["resumed_from_epoch"] + 1
