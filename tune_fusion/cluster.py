@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address is None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     else:
+        _check_answers(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as err:
@@ -35,6 +37,20 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
                 "(or `ray up cluster.yaml`) and check the address, or omit --address for a local run"
             ) from None
     return True
+
+
+def _check_answers(address: str, timeout_s: float = 3.0) -> None:
+    """Fail within seconds, not minutes, when nothing listens at ``HOST:PORT`` (Ray itself waits for long)."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as err:
+        raise TuneFusionError(
+            f"no Ray cluster answers at --address {address} ({err}); start one with `ray start --head` "
+            "(or `ray up cluster.yaml`) and pass its address, or omit --address for a local run"
+        ) from None
 
 
 def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], desc: str) -> list[Any]:

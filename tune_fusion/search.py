@@ -13,6 +13,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import ray
@@ -112,17 +113,21 @@ def trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def check_experiment(exp_dir: str, resume: bool) -> None:
+    """``--resume`` needs an experiment to continue; a new search must not write into an old one."""
+    if resume and not tune.Tuner.can_restore(exp_dir):
+        raise ConfigError(f"--resume: no search to continue at {exp_dir}; check --storage/--name, or drop --resume")
+    if not resume and not is_uri(exp_dir) and Path(exp_dir).exists() and any(Path(exp_dir).iterdir()):
+        raise ConfigError(f"experiment {exp_dir} already exists: pass --resume to continue it, or --name for a new one")
+
+
 def build_tuner(spec: SearchSpec, cache_path: str, storage: str, name: str, resume: bool) -> tune.Tuner:
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, cache_path=cache_path, base=spec.base.to_dict()),
         {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
     exp_dir = experiment_dir(storage, name)
     if resume:
-        if not tune.Tuner.can_restore(exp_dir):
-            raise ConfigError(f"--resume: no search to continue at {exp_dir}; check --storage/--name, or drop --resume")
         return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
-    if not is_uri(exp_dir) and Path(exp_dir).exists() and any(Path(exp_dir).iterdir()):
-        raise ConfigError(f"experiment {exp_dir} already exists: pass --resume to continue it, or --name for a new one")
     sampler = (optuna.samplers.TPESampler(seed=spec.searcher["seed"]) if spec.searcher["sampler"] == "tpe"
                else optuna.samplers.RandomSampler(seed=spec.searcher["seed"]))
     searcher = FusionOptunaSearch(
@@ -159,6 +164,7 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
     """
     name = name or spec.name
     storage = storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+    check_experiment(experiment_dir(storage, name), resume)
     started = connect(address)
     try:
         check_shared(storage, "--storage")
