@@ -95,7 +95,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cfg, args = parse_args(argv)
     out = Path(cfg.train.output_dir).expanduser() / cfg.data.target
-    out.mkdir(parents=True, exist_ok=True)
     resume = None
     if str(args.resume).lower() in {"true", "1", "yes"}:
         last = out / "last_checkpoint.pt"
@@ -104,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         resume = torch.load(last, weights_only=True)
         check_same_run(cfg, resume["config"], last)
     data, _ = prepare(cfg.data)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     def on_epoch(metrics: dict[str, Any], run) -> None:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from tune_fusion.cluster import parallel_map
 from tune_fusion.config import DataConfig
-from tune_fusion.data.embed import embed_texts
+from tune_fusion.data.embed import check_encoder, embed_texts
 from tune_fusion.data.graphs import build_graph
 from tune_fusion.data.records import RecordReport, build_records
 from tune_fusion.data.sources import Source, locate, read_entries, sidecar_path
@@ -102,6 +102,7 @@ def prepare(cfg: DataConfig) -> tuple[PreparedData, bool]:
     source = locate(cfg.dataset, cfg.cache_dir)
     path = cache_path(cfg, source)
     if not is_complete(path):
+        check_encoder(cfg.text_encoder)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
             if not is_complete(path):  # another process may have built it while we waited

