@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_search import write_space
+from tests.conftest import REPO, write_space
 
 pytestmark = pytest.mark.slow
 

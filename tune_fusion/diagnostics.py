@@ -111,7 +111,7 @@ def diagnose(run: Run, indices: torch.Tensor, batch_size: int | None = None) -> 
     layers = {}
     for name, measures in per_atom.items():
         values = {key: torch.cat(parts).double() for key, parts in measures.items()}
-        layers[name] = _layer_summary(values, float(model.middle_fusion_modules[name].text_scale), z)
+        layers[name] = _layer_summary(values, float(model.middle_fusion_modules[name].text_scale.detach()), z)
         arrays[f"alpha_{name}"] = values["alpha"].numpy()
         arrays[f"crystal_alpha_{name}"] = torch.cat(crystal_alpha[name]).double().numpy()
     summary = {"split": "val", "crystals": len(indices), "atoms": int(z.numel()),

@@ -169,7 +169,7 @@ def scaled_text_state(ckpt: Mapping[str, Any], path: str | Path, factor: float) 
 class FusionPredictor:
     """A reloaded model: ``predict(structures)`` -> numpy array in the target's units."""
 
-    def __init__(self, network: FusionNetwork, cfg: Config, standardizer: Standardizer, device: torch.device):
+    def __init__(self, network: FusionNetwork, cfg: Config, standardizer: Standardizer, device: torch.device) -> None:
         self.network, self.cfg, self.standardizer, self.device = network.eval(), cfg, standardizer, device
 
     def predict(self, structures: Sequence[Any], batch_size: int = 64) -> np.ndarray:

@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 # status -> (line style, marker at the last epoch, colour); statuses are those of tune_fusion.analysis
 STATUS_STYLE = {
@@ -62,6 +63,7 @@ def learning_curves(trials: Sequence[Any], path: Path) -> Path:
                       color=STATUS_STYLE.get(s, DEFAULT_STYLE)[2], label=s.replace("_", " ")) for s in present]
     ax.legend(handles=handles, title="trial status", fontsize=8)
     ax.set(xlabel="epoch", ylabel="validation MAE", title=f"Learning curves of {len(trials)} trials")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -120,6 +122,7 @@ def text_scale_curves(trials: Sequence[Any], path: Path) -> Path | None:
     if not drawn:
         return None
     ax.set(xlabel="epoch", ylabel="text_scale", title="text_scale over epochs (top trials)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -187,7 +190,7 @@ def alpha_figures(arrays: Mapping[str, np.ndarray], per_element: Mapping[str, Ma
         elements = per_element.get(layer, {})
         symbols = list(elements)
         right.bar(range(len(symbols)), [elements[s]["mean"] for s in symbols], color="tab:orange")
-        right.set_xticks(range(len(symbols)), symbols, fontsize=6, rotation=90)
+        right.set_xticks(range(len(symbols)), symbols, fontsize=7, rotation=90 if len(symbols) > 20 else 0)
         right.set(ylabel="mean alpha", title=f"Per-element alpha, {layer}")
         low = min((elements[s]["mean"] for s in symbols), default=0.0)
         right.set_ylim(bottom=max(0.0, low - 0.05))
