@@ -32,7 +32,13 @@ def search_main(argv):
     return run_search.main(argv)
 
 
-COMMANDS = {"prepare": prepare_main, "train": train_main, "search": search_main}
+def analyze_main(argv):
+    import analyze_trials
+
+    return analyze_trials.main(argv)
+
+
+COMMANDS = {"prepare": prepare_main, "train": train_main, "search": search_main, "analyze": analyze_main}
 
 
 def dft3d(tmp: Path, rows_from_sample, change) -> str:
@@ -101,8 +107,39 @@ CASES = [
     ("prepare", lambda t: ["--dataset", str(ALIGNN_FOLDER), "--text_encoder", str(t / "MatSciBERT"),
                            "--cache_dir", str(t / "c")], "not found locally"),
     ("prepare", lambda t: ["--split_seed", "x"], "split_seed='x' is not a valid int"),
+    ("analyze", lambda t: [str(t / "missing_experiment")], "does not exist"),
+    ("analyze", lambda t: [not_a_search(t)], "is not a tune-fusion experiment"),
+    ("analyze", lambda t: ["--scale-text", "12", "--checkpoint", corrupt_checkpoint(t), "--output", str(t / "o")],
+     "cannot be read"),
+    ("analyze", lambda t: ["--scale-text", "12", "--checkpoint", foreign_checkpoint(t), "--output", str(t / "o")],
+     "lacks"),
+    ("analyze", lambda t: ["--compare", str(t / "a.pt"), str(t / "b.pt"), "--output", str(t / "o")],
+     "does not exist"),
     ("prepare", lambda t: ["--train_ratio", "0.9", "--val_ratio", "0.2"], "must be <= 1"),
 ]
+
+
+def not_a_search(tmp: Path) -> str:
+    folder = tmp / "in" / "photos"
+    folder.mkdir(parents=True)
+    (folder / "cat.jpg").write_bytes(b"not an experiment")
+    return str(folder)
+
+
+def corrupt_checkpoint(tmp: Path) -> str:
+    path = tmp / "in" / "best_model.pt"
+    path.parent.mkdir()
+    path.write_bytes(b"PK\x03\x04 truncated")
+    return str(path)
+
+
+def foreign_checkpoint(tmp: Path) -> str:
+    import torch
+
+    path = tmp / "in" / "other_model.pt"
+    path.parent.mkdir()
+    torch.save({"model": {"fc.weight": torch.zeros(1, 4)}, "epoch": 3}, path)  # e.g. a plain ALIGNN checkpoint
+    return str(path)
 
 
 def files_under(folder: Path) -> set[Path]:
