@@ -29,11 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (overrides the YAML)")
     args = parser.parse_args(argv)
 
-    overrides = {"num_samples": args.num_samples, "max_concurrent": args.max_concurrent}
     resources = {k: v for k, v in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)) if v is not None}
-    spec = load_spec(args.space, overrides)
-    if resources:
-        spec = load_spec(args.space, {**overrides, "resources": {**spec.resources, **resources}})
+    spec = load_spec(args.space, {"num_samples": args.num_samples, "max_concurrent": args.max_concurrent,
+                                  "resources": resources or None})
     outcome = run_search(spec, address=args.address, storage=args.storage, name=args.name, resume=args.resume)
     print(f"\nexperiment: {outcome.experiment_dir}")
     print(f"trials: {len(outcome.results)} ({outcome.results.num_errors} errored)")

@@ -69,15 +69,15 @@ def test_table_lists_every_trial_with_the_right_status(analysed, experiment):
     assert len(table) == len(rows) == 6
     for row in table:
         reported = rows[f"trial_{row['trial']}"]
-        expected = "completed" if reported[-1]["trial_finished"] else "stopped_by_asha"
+        expected = "completed" if reported[-1]["trial_finished"] else "stopped_by_scheduler"
         assert row["status"] == expected
         assert int(row["epochs"]) == reported[-1]["training_iteration"]
         assert float(row["best_val_mae"]) == pytest.approx(min(r["val_mae"] for r in reported))
         assert float(row["last_val_mae"]) == pytest.approx(reported[-1]["val_mae"])
         assert "learning_rate" in row and "use_middle_fusion" in row
     assert [float(r["best_val_mae"]) for r in table] == sorted(float(r["best_val_mae"]) for r in table)
-    assert {"completed", "stopped_by_asha"} == {r["status"] for r in table}
-    assert "stopped_by_asha" in summary["table_text"]
+    assert {"completed", "stopped_by_scheduler"} == {r["status"] for r in table}
+    assert "stopped_by_scheduler" in summary["table_text"]
 
 
 def test_best_trial_is_the_lowest_validation_mae(analysed, experiment):
@@ -262,7 +262,7 @@ def test_every_status_is_told_apart(tmp_path):
     write_trial(tmp_path / "trial_g", [row(3)])
     live = {t.path.name: (t.status, t.reason) for t in analysis.read_trials(tmp_path)}
     assert live["trial_a"] == ("completed", "")
-    assert live["trial_b"][0] == "stopped_by_asha"
+    assert live["trial_b"][0] == "stopped_by_scheduler"
     assert live["trial_c"][0] == live["trial_d"][0] == "diverged" and live["trial_c"][1].startswith("nan_loss")
     assert live["trial_e"] == ("completed", "early_stopping: no better val_mae for 5 epochs")
     assert live["trial_f"] == ("errored", "RuntimeError: CUDA out of memory")
@@ -271,7 +271,7 @@ def test_every_status_is_told_apart(tmp_path):
     for path in tmp_path.glob("*/result.json"):
         os.utime(path, (old, old))
     stale = {t.path.name: t.status for t in analysis.read_trials(tmp_path)}
-    assert stale["trial_g"] == "interrupted" and stale["trial_b"] == "stopped_by_asha"
+    assert stale["trial_g"] == "interrupted" and stale["trial_b"] == "stopped_by_scheduler"
 
 
 def cli(argv: list[str], capsys) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import dgl
@@ -11,11 +11,10 @@ import pytest
 import torch
 
 import tune_fusion  # noqa: F401  (must precede dgl: installs the graphbolt stub)
-from tune_fusion.config import Config, ModelConfig
+from tune_fusion.config import SAMPLE_DATASET, Config, ModelConfig
 from tune_fusion.errors import DataError
 from tune_fusion.model import ALIGNNEncoder, FusionNetwork, contrastive_loss, pad_by_graph
 
-DATA = Path("/work/shared/data/jarvis_dft3d_800.json")
 TEXT_DIM, SENTENCES = 384, 3
 TINY = {"hidden_features": 16, "embedding_features": 8, "edge_input_features": 10, "triplet_input_features": 6,
         "alignn_layers": 2, "gcn_layers": 1, "text_projection_dim": 8, "middle_fusion_hidden_dim": 8,
@@ -29,12 +28,11 @@ def model_config(**overrides) -> ModelConfig:
 @pytest.fixture(scope="module")
 def crystals() -> list[tuple[dgl.DGLGraph, dgl.DGLGraph]]:
     """Five small crystals (2-4 atoms, distinct sizes first) as (graph, line graph), features float32."""
-    if not DATA.exists():
-        pytest.skip(f"{DATA} not found")
     from jarvis.core.atoms import Atoms
     from jarvis.core.graphs import Graph
 
-    records = json.loads(DATA.read_text())
+    with gzip.open(SAMPLE_DATASET, "rt") as handle:
+        records = json.load(handle)
     by_size = sorted(records, key=lambda r: len(r["atoms"]["elements"]))
     chosen = [r for r in by_size if 2 <= len(r["atoms"]["elements"]) <= 4]
     first = [next(r for r in chosen if len(r["atoms"]["elements"]) == n) for n in (2, 3, 4)]

@@ -42,7 +42,10 @@ def test_study_persisted_with_pruned_trials(finished_search):
     stopped = sum(not r[-1]["trial_finished"] for r in trial_rows(exp_dir).values())
     assert states.count(optuna.trial.TrialState.PRUNED) == stopped
     assert states.count(optuna.trial.TrialState.COMPLETE) == 6 - stopped
-    assert study.best_value == pytest.approx(min(t.value for t in study.trials if t.value is not None))
+    best_by_trial = {name: min(r["val_mae"] for r in rows) for name, rows in trial_rows(exp_dir).items()}
+    for trial in study.trials:
+        if trial.state == optuna.trial.TrialState.COMPLETE:  # told its best epoch's val_mae, not its last
+            assert trial.value == pytest.approx(best_by_trial[f"trial_{trial.user_attrs['ray_trial_id']}"])
 
 
 def test_conditional_parameters_follow_their_conditions(finished_search):

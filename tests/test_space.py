@@ -62,12 +62,15 @@ def test_conditional_parameters_drawn_only_when_their_condition_holds():
 
 
 def edit(change: str) -> str:
-    """VALID with one line replaced or added: 'old => new' or just 'new' (appended)."""
-    if " => " in change:
-        old, new = change.split(" => ")
-        assert old in VALID, old
-        return VALID.replace(old, new)
-    return VALID + change + "\n"
+    """VALID with text replaced ('old => new', several joined by ' && ') or a line appended ('new')."""
+    if " => " not in change:
+        return VALID + change + "\n"
+    text = VALID
+    for part in change.split(" && "):
+        old, new = part.split(" => ")
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
 
 
 # One row per bad input: (how to break the valid file, what the one-line error must say).
@@ -84,7 +87,18 @@ BAD_YAML = [
     ("when: {use_cross_modal: true} => when: {use_crossmodal: true}", "condition on unknown parameter 'use_crossmodal'"),
     ("type: loguniform => type: lognormal", "type='lognormal' must be one of"),
     ("middle_fusion_initial_scale: {type => middle_fusion_init_scale: {type", "Did you mean 'middle_fusion_initial_scale'?"),
-    ("max_t: 30 => max_t: 50", "max_t=50 exceeds epochs=30"),
+    ("max_t: 30 => max_t: 50", "max_t=50 must equal epochs=30"),
+    ("max_t: 30 => max_t: 10", "max_t=10 must equal epochs=30"),
+    ("use_cross_modal: {type: choice, values: [true, false]} => use_cross_modal: {type: choice, values: [true, false]}"
+     "\n  gcn_layers: {type: loguniform, low: 1, high: 8}", "gcn_layers is a int, so type: loguniform cannot draw it"),
+    ("use_cross_modal: {type: choice, values: [true, false]} => use_cross_modal: {type: choice, values: [true, false]}"
+     "\n  alignn_layers: {type: int, low: 2, high: 4, step: 0.5}", "step=0.5 must be a int > 0"),
+    ("searcher: {type: optuna, sampler: tpe, seed: 0} => searcher: {type: optuna, points_to_evaluate: "
+     "[{middle_fusion_initial_scale: abc}]}", "middle_fusion_initial_scale='abc' is not a valid float"),
+    ("fixed: {epochs: 30, batch_size: 64, use_middle_fusion: true} => fixed: {epochs: 30, device: 'cuda:1'}",
+     "'device' has no meaning in a search"),
+    ("fixed: {epochs: 30, => fixed: { && search: => search:\n  epochs: {type: int, low: 10, high: 30}",
+     "cannot be searched with ASHA"),
     ("grace_period: 3 => grace_period: 0", "1 <= grace_period <= max_t"),
     ("num_samples: 32 => num_samples: 0", "num_samples=0 must be >= 1"),
     ("num_samples: 32 => num_samples: many", "num_samples='many' must be a int"),

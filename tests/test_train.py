@@ -14,10 +14,10 @@ import torch
 
 from tests.conftest import REPO, tiny_config
 from tune_fusion.config import SAMPLE_DATASET
-from tune_fusion.data import prepare
+from tune_fusion.data import Standardizer, prepare
 from tune_fusion.errors import ConfigError
 from tune_fusion.standalone import main as train_main
-from tune_fusion.train import evaluate, fit, parameter_groups, start_run
+from tune_fusion.train import evaluate, fit, parameter_groups, run_epoch, start_run
 
 
 def roundtrip(obj):
@@ -58,7 +58,7 @@ def test_few_epochs_beat_the_mean_predictor(cache_dir):
 
 
 def test_checkpoint_roundtrips_and_resume_continues_the_same_run(prepared, cache_dir):
-    cfg = tiny_config(cache_dir, epochs=4, use_middle_fusion=True, middle_fusion_dropout=0.0, cross_modal_dropout=0.0,
+    cfg = tiny_config(cache_dir, epochs=4, use_middle_fusion=True, graph_dropout=0.1,  # dropout everywhere
                       middle_fusion_use_learnable_scale=True)
     full = fit(cfg, prepared)
     saved = {}
@@ -102,11 +102,22 @@ def test_nan_loss_stops_with_a_reason_instead_of_crashing(prepared, cache_dir):
 
 def test_test_split_evaluated_with_best_weights(prepared, cache_dir):
     run = fit(tiny_config(cache_dir, graph_only=True, epochs=2), prepared)
+    with torch.no_grad():  # the current weights are now far from the best ones
+        for param in run.model.parameters():
+            param.add_(torch.randn_like(param))
     test = evaluate(run, "test")
     assert test["crystals"] == len(prepared.split("test"))
     assert np.abs(test["prediction"] - test["target"]).mean() == pytest.approx(test["mae"], rel=1e-5)
-    run.model.load_state_dict(run.best_state)
-    assert evaluate(run, "val")["mae"] == pytest.approx(run.best_val_mae, rel=1e-5)
+    assert test["target"] == pytest.approx(prepared.tensors["targets"][test["index"]].numpy())
+    assert evaluate(run, "val")["mae"] == pytest.approx(run.best_val_mae, rel=1e-5)  # best weights, not current
+    assert run_epoch(run, "val")["mae"] != pytest.approx(run.best_val_mae, rel=1e-3)
+
+
+def test_target_statistics_come_from_the_training_split_only(prepared, cache_dir):
+    run = start_run(tiny_config(cache_dir), prepared)
+    targets = prepared.tensors["targets"]
+    assert run.standardizer == Standardizer.fit(targets[prepared.split("train")])
+    assert run.standardizer != Standardizer.fit(targets)
 
 
 ORIGINAL_FLAGS = ["--use_middle_fusion", "True", "--middle_fusion_layers", "0,1", "--middle_fusion_use_gate_norm",
@@ -145,17 +156,17 @@ def test_standalone_resume_after_a_crash(cache_dir, tmp_path, monkeypatch):
     from tune_fusion import standalone
 
     args = ["--output_dir", str(tmp_path), *tiny_flags(cache_dir), *ORIGINAL_FLAGS[:-4], "--epochs", "3"]
-    real_save = standalone.save
+    real_save = standalone.save_checkpoint
 
     def save_then_die(obj, path):
         real_save(obj, path)
         if path.name == "last_checkpoint.pt" and obj["epoch"] == 2:
             raise KeyboardInterrupt  # killed after the second epoch's checkpoint
 
-    monkeypatch.setattr(standalone, "save", save_then_die)
+    monkeypatch.setattr(standalone, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_main(args)
-    monkeypatch.setattr(standalone, "save", real_save)
+    monkeypatch.setattr(standalone, "save_checkpoint", real_save)
     resumed = train_main([*args, "--resume"])
     assert resumed["epochs_run"] == 3
     history = json.loads((tmp_path / "formation_energy_peratom" / "history_val.json").read_text())

@@ -5,7 +5,7 @@ needs no Ray session and works while the search is still running.
 Example:
     >>> from tune_fusion.analysis import analyze
     >>> summary = analyze("~/ray_results/quickstart", diagnose=2, export="export/")
-    >>> summary["best"]["test"]["test_mae"]
+    >>> summary["best"]["test_mae"]
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from tune_fusion import diagnostics, plots
 from tune_fusion.errors import ConfigError, DataError
 from tune_fusion.export import export_best, load_checkpoint, open_run
 from tune_fusion.report import format_table, write_report
-from tune_fusion.search import STUDY_FILE, is_uri
+from tune_fusion.search import STUDY_FILE, is_uri, study_path
 from tune_fusion.standalone import write_predictions
 from tune_fusion.train import evaluate
 from tune_fusion.trainable import CHECKPOINT_FILE, FINISHED, METRIC
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("completed", "stopped_by_asha", "diverged", "config_error", "errored", "running", "interrupted")
+STATUSES = ("completed", "stopped_by_scheduler", "diverged", "config_error", "errored", "running", "interrupted")
 STALE_AFTER_S = 900.0  # a search whose files have not changed for this long is over (or its driver died)
 TEST_NOTE = "test split evaluated once, for the best trial only (chosen by validation MAE)"
 
@@ -152,7 +152,7 @@ def _status(rows: list[dict[str, Any]], error: str, ray_state: str, live: bool) 
     if error or ray_state == "ERROR":
         return "errored", error or "Ray marked the trial ERROR"
     if last.get("done") or ray_state == "TERMINATED":
-        return "stopped_by_asha", f"stopped early by the scheduler after {len(rows)} epoch(s)"
+        return "stopped_by_scheduler", f"stopped early by the scheduler (ASHA or the time budget) after {len(rows)} epoch(s)"
     if live:
         return "running", ""
     return "interrupted", "the search stopped before this trial ended; continue it with run_search.py --resume"
@@ -209,12 +209,14 @@ def best_trial(trials: list[TrialInfo], folder: Path) -> TrialInfo:
     return min(usable, key=lambda t: t.best_val_mae)
 
 
-def parameter_importance(folder: Path) -> tuple[dict[str, float], str]:
-    """Optuna (fANOVA, seeded) importances of the persisted study, or ({}, why not)."""
+def parameter_importance(folder: Path, experiment: str | None = None) -> tuple[dict[str, float], str]:
+    """Optuna (fANOVA, seeded) importances of the persisted study, or ({}, why not). For an ``s3://``/``gs://``
+    ``experiment`` the study is where the search kept it (``tune_fusion.search.study_path``)."""
     import optuna
 
     name = folder.name
-    candidates = [folder / STUDY_FILE, Path("~/.cache/tune-fusion/studies").expanduser() / name / STUDY_FILE]
+    candidates = [folder / STUDY_FILE] + ([study_path(experiment.rstrip("/"))] if experiment and is_uri(experiment)
+                                          else [])
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         return {}, f"no Optuna study ({STUDY_FILE}) found for {name}: parameter importance not computed"
@@ -251,6 +253,11 @@ def analyze(experiment: str | Path | None = None, output: str | Path | None = No
             compare: tuple[str, str] | None = None, scale_text: float | None = None,
             checkpoint: str | Path | None = None, device: str = "auto", cache_dir: str | None = None) -> dict[str, Any]:
     """Everything ``analyze_trials.py`` does; returns a summary (also in ``<output>/summary.json``)."""
+    for flag, value, low in (("--top-k", top_k, 1), ("--diagnose", diagnose, 0), ("--crystals", crystals, 0)):
+        if value < low:
+            raise ConfigError(f"{flag} {value} must be >= {low}")
+    if scale_text is not None and not (math.isfinite(scale_text) and scale_text > 0):
+        raise ConfigError(f"--scale-text {scale_text}: the factor must be a finite number > 0, e.g. 12")
     if experiment is None and not compare and not (scale_text and checkpoint):
         raise ConfigError("give an EXPERIMENT_DIR, or --compare CKPT_A CKPT_B, or --scale-text with --checkpoint")
     if output is None and experiment is None:
@@ -263,10 +270,11 @@ def analyze(experiment: str | Path | None = None, output: str | Path | None = No
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"output": str(out), "experiment": str(experiment) if experiment else None}
     if folder is not None:
-        summary.update(_analyze_experiment(folder, out, top_k, diagnose, crystals, export, device, cache_dir))
+        summary.update(_analyze_experiment(folder, str(experiment), out, top_k, diagnose, crystals, export, device,
+                                           cache_dir))
     if compare:
         summary["compare"] = diagnostics.compare(compare[0], compare[1], out, crystals, device, cache_dir)
-    if scale_text:
+    if scale_text is not None:
         source = checkpoint or (summary.get("best") or {}).get("checkpoint")
         summary["scale_text"] = diagnostics.scale_text(source, scale_text, out, crystals, device, cache_dir)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -274,7 +282,7 @@ def analyze(experiment: str | Path | None = None, output: str | Path | None = No
     return summary
 
 
-def _analyze_experiment(folder: Path, out: Path, top_k: int, diagnose: int, crystals: int,
+def _analyze_experiment(folder: Path, experiment: str, out: Path, top_k: int, diagnose: int, crystals: int,
                         export: str | Path | None, device: str, cache_dir: str | None) -> dict[str, Any]:
     trials = read_trials(folder)
     rows = table_rows(trials)
@@ -302,7 +310,7 @@ def _analyze_experiment(folder: Path, out: Path, top_k: int, diagnose: int, crys
     result["best"] = {"trial": best.trial_id, "status": best.status, "params": best.params,
                       "checkpoint": str(best.checkpoint), **metrics}
     (out / "best_trial.json").write_text(json.dumps(result["best"], indent=1))
-    importances, note = parameter_importance(folder)
+    importances, note = parameter_importance(folder, experiment)
     result["importance"] = {"values": importances, "note": note}
     if importances:
         write_csv([{"parameter": k, "importance": v} for k, v in importances.items()], out / "importance.csv")

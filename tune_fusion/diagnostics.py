@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from tune_fusion import plots
 from tune_fusion.data import CrystalDataset, PreparedData
 from tune_fusion.errors import DataError
-from tune_fusion.export import load_checkpoint, load_weights, open_run, plain_checkpoint, save_atomic, scaled_text_state
-from tune_fusion.train import Run
+from tune_fusion.export import load_checkpoint, load_weights, open_run, plain_checkpoint, scaled_text_state
+from tune_fusion.train import Run, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def scale_text(path: str | Path, factor: float, out_dir: Path, crystals: int = 0
     after = write_diagnosis(diagnose(run, indices), out_dir, f"scaled_x{factor:g}", str(scaled_path))
     metrics = {"scale_factor": factor, "val_mae_before": before["val_mae"], "val_mae_after": after["val_mae"],
                "val_crystals": len(indices)}
-    save_atomic({**plain_checkpoint(ckpt, state, metrics, path), "val_mae": after["val_mae"]}, scaled_path)
+    save_checkpoint({**plain_checkpoint(ckpt, state, metrics, path), "val_mae": after["val_mae"]}, scaled_path)
     result = {**metrics, "checkpoint": str(path), "scaled_checkpoint": str(scaled_path), "before": before,
               "after": after}
     (out_dir / f"scale_text_x{factor:g}.json").write_text(json.dumps(result, indent=1))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from tune_fusion.config import Config
 from tune_fusion.data import CrystalDataset, PreparedData, Standardizer, prepare
 from tune_fusion.errors import ConfigError, DataError
 from tune_fusion.model import FusionNetwork
-from tune_fusion.train import Run, pick_device, start_run
+from tune_fusion.train import Run, pick_device, save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
 
@@ -122,22 +121,13 @@ def plain_checkpoint(ckpt: Mapping[str, Any], state: Mapping[str, torch.Tensor],
             "metrics": dict(metrics), "source": str(source), "version": __version__}
 
 
-def save_atomic(obj: Any, path: Path) -> Path:
-    """``torch.save`` through a temporary file renamed into place (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def export_best(ckpt_path: str | Path, out_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
     """Write ``best_model.pt``, ``config.json``, ``metrics.json`` (with the dataset fingerprint) and
     ``split_ids.json`` to ``out_dir``; returns the path of ``best_model.pt``."""
     out = Path(out_dir).expanduser()
     ckpt = load_checkpoint(ckpt_path)
     payload = plain_checkpoint(ckpt, weights(ckpt), metrics, ckpt_path)
-    save_atomic(payload, out / EXPORT_FILE)
+    save_checkpoint(payload, out / EXPORT_FILE)
     (out / "config.json").write_text(json.dumps(payload["config"], indent=2))
     (out / "metrics.json").write_text(json.dumps({**payload["metrics"], "dataset_fingerprint":
                                                   payload["dataset_fingerprint"], "source": str(ckpt_path)}, indent=2))

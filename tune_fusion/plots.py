@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 # status -> (line style, marker at the last epoch, colour); statuses are those of tune_fusion.analysis
 STATUS_STYLE = {
     "completed": ("-", "o", "tab:blue"),
-    "stopped_by_asha": ("--", "x", "tab:gray"),
+    "stopped_by_scheduler": ("--", "x", "tab:gray"),
     "diverged": (":", "v", "tab:red"),
     "config_error": (":", "v", "tab:red"),
     "errored": (":", "v", "tab:red"),

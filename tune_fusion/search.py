@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -36,7 +37,8 @@ CHECKPOINTS_KEPT = 2  # per trial: the latest (resume) and the one before (in ca
 
 
 class FusionOptunaSearch(OptunaSearch):
-    """OptunaSearch that records ASHA-stopped trials as PRUNED and NaN-stopped ones as FAIL in the study."""
+    """OptunaSearch that tells the study each trial's best validation MAE (not its last epoch's), and records
+    scheduler-stopped trials as PRUNED and NaN-stopped or misconfigured ones as FAIL."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if error or not result or trial_id in self._completed_trials:
@@ -50,8 +52,8 @@ class FusionOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
         elif reason.startswith(("nan_loss", "config_error")):
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-        else:
-            return super().on_trial_complete(trial_id, result, error)
+        else:  # the trial's value is its best validation MAE, as in every other selection
+            return super().on_trial_complete(trial_id, {**result, METRIC: result["best_val_mae"]}, error)
         self._completed_trials.add(trial_id)
 
 
@@ -78,11 +80,13 @@ def experiment_dir(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}" if is_uri(storage) else str(Path(storage).expanduser().resolve() / name)
 
 
-def study_storage(exp_dir: str, name: str) -> str:
-    """SQLite URL of the persisted Optuna study (in the experiment directory when it is on a local path)."""
-    folder = Path(exp_dir) if not is_uri(exp_dir) else Path("~/.cache/tune-fusion/studies").expanduser() / name
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / STUDY_FILE}"
+def study_path(exp_dir: str) -> Path:
+    """The persisted Optuna study: in the experiment directory, or, for s3:// or gs:// storage, in a local folder
+    named by a hash of the experiment's URI (SQLite needs a local file)."""
+    if not is_uri(exp_dir):
+        return Path(exp_dir) / STUDY_FILE
+    key = hashlib.sha256(exp_dir.encode()).hexdigest()[:16]
+    return Path("~/.cache/tune-fusion/studies").expanduser() / key / STUDY_FILE
 
 
 def check_shared(path: str, what: str) -> None:
@@ -113,11 +117,28 @@ def trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def check_resources(spec: SearchSpec, local: bool) -> None:
+    """A trial must fit on some node: on a local Ray that is an error (Ray would wait forever), on a cluster a
+    warning (an autoscaler may still add such nodes)."""
+    need = {"CPU": spec.resources["cpu"], "GPU": spec.resources["gpu"]}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+        return
+    have = ", ".join(f"{n.get('CPU', 0):g} CPU / {n.get('GPU', 0):g} GPU" for n in nodes)
+    message = (f"each trial asks for {need['CPU']:g} CPU and {need['GPU']:g} GPU (resources in {spec.source}) but "
+               f"no node has that ({have}); pass e.g. --cpus-per-trial 1 --gpus-per-trial 0")
+    if local:
+        raise ConfigError(message)
+    log.warning("%s; waiting for the autoscaler to add such a node", message)
+
+
 def check_experiment(exp_dir: str, resume: bool) -> None:
     """``--resume`` needs an experiment to continue; a new search must not write into an old one."""
     if resume and not tune.Tuner.can_restore(exp_dir):
         raise ConfigError(f"--resume: no search to continue at {exp_dir}; check --storage/--name, or drop --resume")
-    if not resume and not is_uri(exp_dir) and Path(exp_dir).exists() and any(Path(exp_dir).iterdir()):
+    exists = study_path(exp_dir).exists() or (not is_uri(exp_dir) and Path(exp_dir).exists()
+                                              and any(Path(exp_dir).iterdir()))
+    if not resume and exists:
         raise ConfigError(f"experiment {exp_dir} already exists: pass --resume to continue it, or --name for a new one")
 
 
@@ -128,12 +149,14 @@ def build_tuner(spec: SearchSpec, cache_path: str, storage: str, name: str, resu
     exp_dir = experiment_dir(storage, name)
     if resume:
         return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
+    study = study_path(exp_dir)
+    study.parent.mkdir(parents=True, exist_ok=True)
     sampler = (optuna.samplers.TPESampler(seed=spec.searcher["seed"]) if spec.searcher["sampler"] == "tpe"
                else optuna.samplers.RandomSampler(seed=spec.searcher["seed"]))
     searcher = FusionOptunaSearch(
         space=DefineByRun(spec.params, spec.base), metric=METRIC, mode=MODE, sampler=sampler,
         points_to_evaluate=spec.searcher["points_to_evaluate"] or None,
-        storage=optuna.storages.RDBStorage(study_storage(exp_dir, name)), study_name=name,
+        storage=optuna.storages.RDBStorage(f"sqlite:///{study}"), study_name=name,
     )
     if spec.scheduler["type"] == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.scheduler["max_t"],
@@ -167,6 +190,7 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
     check_experiment(experiment_dir(storage, name), resume)
     started = connect(address)
     try:
+        check_resources(spec, local=address is None)
         check_shared(storage, "--storage")
         check_shared(spec.base.data.cache_dir, "cache_dir")
         data, built = prepare(spec.base.data)

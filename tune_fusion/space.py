@@ -37,6 +37,9 @@ SCHEDULER_KEYS = {"type": str, "max_t": int, "grace_period": int, "reduction_fac
 SEARCHER_KEYS = {"type": str, "sampler": str, "seed": int, "points_to_evaluate": list}
 RESOURCE_KEYS = {"cpu": float, "gpu": float}
 PARAM_KEYS = ("type", "low", "high", "values", "step", "when")
+# Options of standalone training that a search decides itself.
+RUN_ONLY = {"device": "each trial uses the GPU Ray assigns it (resources.gpu), else the CPU",
+            "output_dir": "trials write into the experiment directory (--storage, --name)"}
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,9 @@ def parse_spec(raw: Mapping[str, Any], source: str, overrides: Mapping[str, Any]
     """Validate a search space given as a mapping (the parsed YAML)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: expected a mapping with keys {', '.join(TOP_LEVEL)}")
-    raw = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    for key, value in (overrides or {}).items():
+        if value is not None:  # a mapping (resources) is merged into the file's, a number replaces it
+            raw = {**raw, key: {**_mapping(raw, key, source), **value} if isinstance(value, Mapping) else value}
     for key in raw:
         if key not in TOP_LEVEL:
             raise ConfigError(f"{source}: unknown key '{key}'.{suggest(key, TOP_LEVEL)} Valid keys: {', '.join(TOP_LEVEL)}")
@@ -134,9 +139,12 @@ def parse_spec(raw: Mapping[str, Any], source: str, overrides: Mapping[str, Any]
             base_values["dataset"] = str(relative)
         elif (PACKAGE_ROOT / str(base_values["dataset"])).exists():
             base_values["dataset"] = str(PACKAGE_ROOT / str(base_values["dataset"]))
+    for key in RUN_ONLY:
+        if key in fixed or key in _mapping(raw, "search", source):
+            raise ConfigError(f"{source}: '{key}' has no meaning in a search ({RUN_ONLY[key]}); remove it")
     base = Config.from_dict({**base_values, **fixed}, source=f"{source}: dataset/fixed")
     params = _params(_mapping(raw, "search", source), base, fixed, source)
-    scheduler = {**SearchSpec.__dataclass_fields__["scheduler"].default_factory(),
+    scheduler = {**SearchSpec.__dataclass_fields__["scheduler"].default_factory(), "max_t": base.train.epochs,
                  **_typed(_mapping(raw, "scheduler", source), SCHEDULER_KEYS, f"{source}: scheduler")}
     searcher = {**SearchSpec.__dataclass_fields__["searcher"].default_factory(),
                 **_typed(_mapping(raw, "searcher", source), SEARCHER_KEYS, f"{source}: searcher")}
@@ -234,8 +242,11 @@ def _param(name: str, body: dict[str, Any], where: str) -> Param:
             raise ConfigError(f"{where}: {err}") from None
         return Param(name, kind, values=coerced, when=conditions)
     expected = int if kind == "int" else float
-    if option_type(name) not in (int, float) or (kind == "int" and option_type(name) is not int):
-        raise ConfigError(f"{where}: {name} is a {option_type(name).__name__}; use type: choice with values: [...]")
+    if option_type(name) not in (int, float) or (kind == "int") != (option_type(name) is int):
+        fix = "type: int" if option_type(name) is int else "type: choice with values: [...]"
+        if option_type(name) is float:
+            fix = "type: uniform or loguniform"
+        raise ConfigError(f"{where}: {name} is a {option_type(name).__name__}, so type: {kind} cannot draw it; use {fix}")
     low, high, step = body.get("low"), body.get("high"), body.get("step")
     for label, value in (("low", low), ("high", high)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -245,8 +256,8 @@ def _param(name: str, body: dict[str, Any], where: str) -> Param:
                           "swap them, or use fixed: for a single value")
     if kind == "loguniform" and low <= 0:
         raise ConfigError(f"{where}: loguniform needs low > 0, got low={low}")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
-        raise ConfigError(f"{where}: step={step!r} must be a number > 0")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, expected) or step <= 0):
+        raise ConfigError(f"{where}: step={step!r} must be a {expected.__name__} > 0")
     return Param(name, kind, low=expected(low), high=expected(high), step=step, when=conditions)
 
 
@@ -300,9 +311,12 @@ def _check_run_settings(spec: SearchSpec) -> None:
                               f"{sched['grace_period']}, max_t={sched['max_t']}")
         if sched["reduction_factor"] <= 1:
             raise ConfigError(f"{src}: scheduler.reduction_factor={sched['reduction_factor']} must be > 1")
-        if sched["max_t"] > spec.base.train.epochs:
-            raise ConfigError(f"{src}: scheduler.max_t={sched['max_t']} exceeds epochs={spec.base.train.epochs}: "
-                              "ASHA counts epochs; lower max_t or raise fixed.epochs")
+        if any(p.name == "epochs" for p in spec.params):
+            raise ConfigError(f"{src}: search.epochs cannot be searched with ASHA, which gives every trial the same "
+                              "budget (scheduler.max_t); fix epochs, or use scheduler: {type: fifo}")
+        if sched["max_t"] != spec.base.train.epochs:
+            raise ConfigError(f"{src}: scheduler.max_t={sched['max_t']} must equal epochs={spec.base.train.epochs} "
+                              "(ASHA counts epochs, and a trial's schedule runs to its last epoch); set both alike")
     if searcher["type"] != "optuna":
         raise ConfigError(f"{src}: searcher.type={searcher['type']!r} must be optuna (use sampler: random for a "
                           "random search)")
@@ -317,9 +331,13 @@ def _check_run_settings(spec: SearchSpec) -> None:
             if key not in names:
                 raise ConfigError(f"{where}: '{key}' is not a searched parameter.{suggest(key, names)}")
             param = names[key]
-            if param.type == "choice" and coerce(key, value) not in param.values:
+            try:
+                value = coerce(key, value)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from None
+            if param.type == "choice" and value not in param.values:
                 raise ConfigError(f"{where}: {key}={value!r} is not among its values {list(param.values)}")
-            if param.type != "choice" and not param.low <= float(value) <= param.high:
+            if param.type != "choice" and not param.low <= value <= param.high:
                 raise ConfigError(f"{where}: {key}={value} lies outside [{param.low}, {param.high}]")
     if spec.resources["cpu"] <= 0 or spec.resources["gpu"] < 0:
         raise ConfigError(f"{src}: resources need cpu > 0 and gpu >= 0, got {spec.resources}")

@@ -11,7 +11,6 @@ import argparse
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,9 @@ import yaml
 
 from tune_fusion.cli import add_config_options, config_overrides
 from tune_fusion.config import TARGET_ALIASES, Config
+from tune_fusion.data import prepare
 from tune_fusion.errors import ConfigError, DataError
+from tune_fusion.train import evaluate, fit, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +83,7 @@ def check_same_run(cfg: Config, stored: dict[str, Any], path: Path) -> None:
                           "or start a new run in another --output_dir")
 
 
-def save(obj: Any, path: Path) -> None:
-    """``torch.save`` via a temporary file renamed into place: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from tune_fusion.data import prepare
-    from tune_fusion.train import evaluate, fit
-
     cfg, args = parse_args(argv)
     out = Path(cfg.train.output_dir).expanduser() / cfg.data.target
     resume = None
@@ -100,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         last = out / "last_checkpoint.pt"
         if not last.is_file():
             raise DataError(f"--resume: {last} does not exist; run once without --resume first")
-        resume = torch.load(last, weights_only=True)
+        resume = torch.load(last, map_location="cpu", weights_only=True)
         check_same_run(cfg, resume["config"], last)
     data, _ = prepare(cfg.data)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,9 +99,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def on_epoch(metrics: dict[str, Any], run) -> None:
         ckpt = run.checkpoint()
-        save(ckpt, out / "last_checkpoint.pt")
+        save_checkpoint(ckpt, out / "last_checkpoint.pt")
         if run.best_epoch == run.epoch:
-            save({**ckpt, "model": ckpt["best_model"]}, out / "best_val_model.pt")
+            save_checkpoint({**ckpt, "model": ckpt["best_model"]}, out / "best_val_model.pt")
 
     run = fit(cfg, data, on_epoch=on_epoch, checkpoint=resume)
     history = run.history

@@ -15,10 +15,12 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,6 +98,8 @@ class Run:
             "best_epoch": self.best_epoch,
             "history": self.history,
             "stop_reason": self.stop_reason,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             **data_identity(self.data, self.standardizer),
             "version": __version__,
         }
@@ -112,6 +116,18 @@ class Run:
         self.best_state = ckpt["best_model"]
         self.history = list(ckpt["history"])
         self.stop_reason = ckpt.get("stop_reason", "")
+        torch.set_rng_state(ckpt["rng"]["torch"])  # dropout continues where it was
+        if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def save_checkpoint(obj: dict[str, Any], path: Path) -> Path:
+    """``torch.save`` through a temporary file renamed into place: a crash never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def data_identity(data: PreparedData, standardizer: Standardizer) -> dict[str, Any]:
@@ -163,7 +179,7 @@ def run_epoch(run: Run, split: str, train: bool = False, predictions: bool = Fal
                                  (alpha**2).sum() if alpha is not None else sums.new_zeros(())])
             atoms += alpha.numel() if alpha is not None else 0
             if predictions:
-                kept.append((batch.index.cpu(), batch.target.cpu(), pred.detach().cpu()))
+                kept.append((batch.index.cpu(), pred.detach().cpu()))
     n = len(loader.dataset)
     loss_sum, abs_sum, sq_sum, alpha_sum, alpha_sq = sums.tolist()  # the epoch's one device-to-host copy
     out: dict[str, Any] = {"loss": loss_sum / n, "mae": abs_sum / n, "rmse": math.sqrt(sq_sum / n), "crystals": n}
@@ -171,8 +187,8 @@ def run_epoch(run: Run, split: str, train: bool = False, predictions: bool = Fal
         mean = alpha_sum / atoms
         out.update(alpha_mean=mean, alpha_std=math.sqrt(max(alpha_sq / atoms - mean**2, 0.0)))
     if predictions:
-        index, target, pred = (torch.cat(parts) for parts in zip(*kept))
-        out.update(index=index.numpy(), target=run.standardizer.inverse(target.double()).numpy(),
+        index, pred = (torch.cat(parts) for parts in zip(*kept))
+        out.update(index=index.numpy(), target=run.data.tensors["targets"][index].numpy(),
                    prediction=run.standardizer.inverse(pred.double()).numpy())
     return out
 
@@ -215,7 +231,8 @@ def fit(cfg: Config, data: PreparedData, on_epoch: EpochCallback | None = None,
     state to save. ``checkpoint`` resumes a run where it stopped.
 
     Example:
-        >>> run = fit(Config.from_dict({"epochs": 3}), tune_fusion.data.prepare(cfg.data)[0])
+        >>> cfg = Config.from_dict({"epochs": 3})
+        >>> run = fit(cfg, tune_fusion.data.prepare(cfg.data)[0])
         >>> run.best_val_mae
     """
     run = start_run(cfg, data, device)

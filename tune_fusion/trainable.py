@@ -30,7 +30,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
     """The plain-data checkpoint inside a Tune checkpoint directory."""
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)
+        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
 def _use_trial_resources() -> torch.device:

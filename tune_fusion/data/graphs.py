@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import dgl
-import torch
 from jarvis.core.atoms import Atoms
 from jarvis.core.graphs import Graph
 
@@ -27,7 +26,3 @@ def build_graph(atoms: Atoms, cutoff: float, max_neighbors: int, atom_features: 
     line_graph.edata["h"] = line_graph.edata["h"].float()
     return graph, line_graph
 
-
-def graph_sizes(graphs: list[dgl.DGLGraph]) -> torch.Tensor:
-    """(N,) number of atoms per crystal."""
-    return torch.tensor([g.num_nodes() for g in graphs], dtype=torch.int64)
