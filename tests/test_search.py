@@ -13,9 +13,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from tests.conftest import REPO, trial_rows, write_space
-from tune_fusion.search import STUDY_FILE
+from tune_fusion.search import STUDY_FILE, run_search
+from tune_fusion.space import load_spec
 
 pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
@@ -160,3 +162,28 @@ def test_two_node_cluster_survives_losing_a_worker_node(tmp_path, cache_dir, pre
     assert moved[-1]["node_id"] != victim.node_id and moved[-1]["resumed_from_epoch"] >= 1
     assert moved[-1]["trial_finished"] or moved[-1]["training_iteration"] < 4
     assert [r["epoch"] for r in moved if r["node_id"] != victim.node_id][0] == moved[-1]["resumed_from_epoch"] + 1
+
+
+def test_trials_that_cannot_train_end_with_their_reason_and_the_search_goes_on(tmp_path, cache_dir, prepared):
+    path = write_space(tmp_path / "faulty.yaml", cache_dir, num_samples=3, epochs=2, use_middle_fusion=True,
+                       middle_fusion_layers="1", use_cross_modal=True, max_text_scale=2.0)
+    space = yaml.safe_load(path.read_text())
+    del space["fixed"]["cross_modal_hidden_dim"]
+    space["search"] = {"cross_modal_num_heads": {"type": "choice", "values": [2, 3]},
+                       "cross_modal_hidden_dim": {"type": "choice", "values": [6, 8]},
+                       "middle_fusion_initial_scale": {"type": "choice", "values": [0.5, 4.0]}}
+    space["scheduler"] = {"type": "fifo"}
+    space["searcher"]["points_to_evaluate"] = [  # one of each: 3 heads cannot split 8 dims, an exploding scale, fine
+        {"cross_modal_num_heads": 3, "cross_modal_hidden_dim": 8, "middle_fusion_initial_scale": 0.5},
+        {"cross_modal_num_heads": 2, "cross_modal_hidden_dim": 8, "middle_fusion_initial_scale": 4.0},
+        {"cross_modal_num_heads": 2, "cross_modal_hidden_dim": 8, "middle_fusion_initial_scale": 0.5}]
+    path.write_text(yaml.safe_dump(space))
+    outcome = run_search(load_spec(path), storage=str(tmp_path / "results"), name="faulty")
+    assert len(outcome.results) == 3 and outcome.results.num_errors == 0  # nothing crashed, nothing retried
+    reasons = sorted(r.metrics["stop_reason"].split(":")[0] for r in outcome.results)
+    assert reasons == ["", "config_error", "text_scale_exploded"]
+    finite = [v for r in outcome.results for v in r.metrics_dataframe["val_mae"] if v != float("inf")]
+    assert outcome.best_val_mae == pytest.approx(min(finite))
+    study = optuna.load_study(study_name="faulty", storage=f"sqlite:///{outcome.experiment_dir}/{STUDY_FILE}")
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # the config error failed; the exploded trial has a value
