@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from tune_fusion.config import SAMPLE_DATASET
 from tune_fusion.data import Standardizer, prepare
 from tune_fusion.errors import ConfigError
 from tune_fusion.standalone import main as train_main
-from tune_fusion.train import evaluate, fit, parameter_groups, run_epoch, start_run
+from tune_fusion.train import evaluate, fit, parameter_groups, run_epoch, save_checkpoint, start_run
 
 
 def roundtrip(obj):
@@ -203,3 +204,22 @@ def test_cli_errors_are_one_line(tmp_path):
     typo = subprocess.run([sys.executable, "-m", "tune_fusion.train", "--batch_sise", "3"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert typo.returncode == 2 and "batch_sise" in typo.stderr
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
+    from tune_fusion import train
+
+    path = tmp_path / "last_checkpoint.pt"
+    save_checkpoint({"epoch": 1, "model": {"w": torch.ones(3)}}, path)
+    real_save = torch.save
+
+    def crash_midway(obj, target):
+        Path(target).write_bytes(b"PK\x03\x04 half a file")  # the process dies while writing
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train.torch, "save", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"epoch": 2, "model": {"w": torch.zeros(3)}}, path)
+    monkeypatch.setattr(train.torch, "save", real_save)
+    kept = torch.load(path, weights_only=True)
+    assert kept["epoch"] == 1 and torch.equal(kept["model"]["w"], torch.ones(3))
