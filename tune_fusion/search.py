@@ -168,7 +168,8 @@ def build_tuner(spec: SearchSpec, cache_path: str, storage: str, name: str, resu
         trainable,
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=ConcurrencyLimiter(
             searcher, max_concurrent=spec.max_concurrent), scheduler=scheduler, num_samples=spec.num_samples,
-            time_budget_s=spec.time_budget_s, trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+            time_budget_s=spec.time_budget_s, trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+            reuse_actors=True),  # a trial starts in a warm process: no re-import of torch, DGL and the library
         run_config=tune.RunConfig(
             name=name, storage_path=storage,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
