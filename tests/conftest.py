@@ -12,8 +12,7 @@ import tune_fusion  # noqa: F401  (installs the DGL compatibility step before dg
 from tune_fusion.config import SAMPLE_DATASET, Config
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
-ALIGNN_FOLDER = SHARED_DATA / "alignn_sample_data"
+ALIGNN_FOLDER = REPO / "tests" / "data" / "alignn_sample_data"  # a copy of ../shared/data/alignn_sample_data (NIST)
 
 
 @pytest.fixture(scope="session")
