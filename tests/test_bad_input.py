@@ -21,7 +21,7 @@ def prepare_main(argv):
 
 
 def train_main(argv):
-    from tune_fusion.standalone import main
+    from tune_fusion.train.__main__ import main
 
     return main(argv)
 

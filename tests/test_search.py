@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, trial_rows, write_space
-from tune_fusion.search import STUDY_FILE, run_search
+from tune_fusion.names import STUDY_FILE
+from tune_fusion.search import run_search
 from tune_fusion.space import load_spec
 
 pytestmark = pytest.mark.slow

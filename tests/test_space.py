@@ -39,7 +39,7 @@ def test_shipped_spaces_are_valid():
         assert spec.params and spec.num_samples >= 1 and spec.base.data.dataset.endswith("jarvis_dft3d_800.json.gz")
     assert load_spec(REPO / "search_spaces" / "graph_only.yaml").base.model.graph_only
     full = load_spec(REPO / "search_spaces" / "full.yaml")
-    assert len(full.searcher["points_to_evaluate"]) == 3
+    assert len(full.searcher.points_to_evaluate) == 3
 
 
 def test_conditional_parameters_drawn_only_when_their_condition_holds():
@@ -113,6 +113,9 @@ BAD_YAML = [
      "'lr' is not a searched parameter"),
     ("fixed: {epochs: 30, batch_size: 64, use_middle_fusion: true} => fixed: {epochs: 30, middle_fusion_layers: '2'}",
      "'middle_fusion_layers' is both fixed and searched"),
+    # the error names the key that is wrong, not the first one checked after it
+    ('values: ["2", "3", "2,3"] => values: ["9"]', "search.middle_fusion_layers: value '9' names layer(s) [9]"),
+    ('values: ["2", "3", "2,3"] => values: ["two"]', "search.middle_fusion_layers: middle_fusion_layers='two' is not"),
 ]
 
 

@@ -17,8 +17,8 @@ from tests.conftest import REPO, tiny_config
 from tune_fusion.config import SAMPLE_DATASET
 from tune_fusion.data import Standardizer, prepare
 from tune_fusion.errors import ConfigError
-from tune_fusion.standalone import main as train_main
 from tune_fusion.train import evaluate, fit, parameter_groups, run_epoch, save_checkpoint, start_run
+from tune_fusion.train.__main__ import main as train_main
 
 
 def roundtrip(obj):
@@ -141,12 +141,12 @@ def test_standalone_cli_with_the_original_flags(prepared, cache_dir, tmp_path):
                           *tiny_flags(cache_dir), *ORIGINAL_FLAGS])
     folder = out / "formation_energy_peratom"
     for name in ("config.json", "best_val_model.pt", "last_checkpoint.pt", "history_train.json", "history_val.json",
-                 "predictions_test.csv", "metrics.json"):
+                 "test_predictions.csv", "metrics.json"):
         assert (folder / name).is_file(), name
     best = torch.load(folder / "best_val_model.pt", weights_only=True)
     assert "middle_fusion_modules.layer_1.text_scale" in best["model"]
     assert best["config"]["middle_fusion_initial_scale"] == 12.0 and best["config"]["middle_fusion_use_gate_norm"]
-    rows = list(csv.DictReader(open(folder / "predictions_test.csv")))
+    rows = list(csv.DictReader(open(folder / "test_predictions.csv")))
     assert len(rows) == metrics["test_crystals"] == len(prepared.split("test"))
     mae = np.mean([abs(float(r["prediction"]) - float(r["target"])) for r in rows])
     assert mae == pytest.approx(metrics["test_mae"], rel=1e-5)
@@ -154,7 +154,7 @@ def test_standalone_cli_with_the_original_flags(prepared, cache_dir, tmp_path):
 
 
 def test_standalone_resume_after_a_crash(cache_dir, tmp_path, monkeypatch):
-    from tune_fusion import standalone
+    from tune_fusion.train import __main__ as standalone
 
     args = ["--output_dir", str(tmp_path), *tiny_flags(cache_dir), *ORIGINAL_FLAGS[:-4], "--epochs", "3"]
     real_save = standalone.save_checkpoint

@@ -22,15 +22,12 @@ from typing import Any
 from tune_fusion import diagnostics, plots
 from tune_fusion.errors import ConfigError, DataError
 from tune_fusion.export import export_best, load_checkpoint, open_run
+from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, STUDY_FILE, Status, StopReason, is_uri, study_path
 from tune_fusion.report import format_table, write_report
-from tune_fusion.search import STUDY_FILE, is_uri, study_path
-from tune_fusion.standalone import write_predictions
-from tune_fusion.train import evaluate
-from tune_fusion.trainable import CHECKPOINT_FILE, FINISHED, METRIC
+from tune_fusion.train import test_once
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("completed", "stopped_by_scheduler", "diverged", "config_error", "errored", "running", "interrupted")
 STALE_AFTER_S = 900.0  # a search whose files have not changed for this long is over (or its driver died)
 TEST_NOTE = "test split evaluated once, for the best trial only (chosen by validation MAE)"
 
@@ -43,7 +40,7 @@ class TrialInfo:
     path: Path
     params: dict[str, Any]
     history: list[dict[str, Any]]
-    status: str
+    status: Status
     reason: str
     checkpoint: Path | None
 
@@ -142,20 +139,22 @@ def _error_line(folder: Path) -> str:
     return (message[-1] if message else lines[0] if lines else "error.pkl written by Ray").strip()[:200]
 
 
-def _status(rows: list[dict[str, Any]], error: str, ray_state: str, live: bool) -> tuple[str, str]:
+def _status(rows: list[dict[str, Any]], error: str, ray_state: str, live: bool) -> tuple[Status, str]:
     last = rows[-1] if rows else {}
     reason = str(last.get("stop_reason") or "")
     if last.get(FINISHED):
-        if reason.startswith(("nan_loss", "text_scale_exploded")):
-            return "diverged", reason
-        return ("config_error", reason) if reason.startswith("config_error") else ("completed", reason)
+        stop = StopReason.of(reason)
+        if stop is not None and stop.diverged:
+            return Status.DIVERGED, reason
+        return (Status.CONFIG_ERROR if stop is StopReason.CONFIG_ERROR else Status.COMPLETED), reason
     if error or ray_state == "ERROR":
-        return "errored", error or "Ray marked the trial ERROR"
+        return Status.ERRORED, error or "Ray marked the trial ERROR"
     if last.get("done") or ray_state == "TERMINATED":
-        return "stopped_by_scheduler", f"stopped early by the scheduler (ASHA or the time budget) after {len(rows)} epoch(s)"
+        return (Status.STOPPED_BY_SCHEDULER,
+                f"stopped early by the scheduler (ASHA or the time budget) after {len(rows)} epoch(s)")
     if live:
-        return "running", ""
-    return "interrupted", "the search stopped before this trial ended; continue it with run_search.py --resume"
+        return Status.RUNNING, ""
+    return Status.INTERRUPTED, "the search stopped before this trial ended; continue it with run_search.py --resume"
 
 
 def read_trials(folder: Path, stale_after_s: float = STALE_AFTER_S) -> list[TrialInfo]:
@@ -185,7 +184,7 @@ def searched_params(trials: list[TrialInfo]) -> list[str]:
 def table_rows(trials: list[TrialInfo]) -> list[dict[str, Any]]:
     """One row per trial (sorted by best validation MAE): id, status, epochs, best/last val MAE, params, reason."""
     names = searched_params(trials)
-    return [{"trial": t.trial_id, "status": t.status, "epochs": t.epochs, "best_val_mae": t.best_val_mae,
+    return [{"trial": t.trial_id, "status": t.status.value, "epochs": t.epochs, "best_val_mae": t.best_val_mae,
              "last_val_mae": t.last_val_mae, **{n: t.params.get(n, "") for n in names}, "reason": t.reason}
             for t in trials]
 
@@ -202,8 +201,8 @@ def best_trial(trials: list[TrialInfo], folder: Path) -> TrialInfo:
     """The trial with the lowest validation MAE that has a checkpoint (validation only: test plays no part)."""
     usable = [t for t in trials if t.best_val_mae is not None and t.checkpoint is not None]
     if not usable:
-        counts = ", ".join(f"{sum(t.status == s for t in trials)} {s}" for s in STATUSES if any(t.status == s
-                                                                                                 for t in trials))
+        counts = ", ".join(f"{sum(t.status == s for t in trials)} {s.value}" for s in Status
+                           if any(t.status == s for t in trials))
         raise DataError(f"experiment {folder} has no trial with a validation MAE and a checkpoint yet "
                         f"({len(trials)} trials: {counts or 'none'}); wait for a first epoch, or read trial_*/error.txt")
     return min(usable, key=lambda t: t.best_val_mae)
@@ -253,15 +252,16 @@ def analyze(experiment: str | Path | None = None, output: str | Path | None = No
             compare: tuple[str, str] | None = None, scale_text: float | None = None,
             checkpoint: str | Path | None = None, device: str = "auto", cache_dir: str | None = None) -> dict[str, Any]:
     """Everything ``analyze_trials.py`` does; returns a summary (also in ``<output>/summary.json``)."""
-    for flag, value, low in (("--top-k", top_k, 1), ("--diagnose", diagnose, 0), ("--crystals", crystals, 0)):
+    for name, value, low in (("top_k", top_k, 1), ("diagnose", diagnose, 0), ("crystals", crystals, 0)):
         if value < low:
-            raise ConfigError(f"{flag} {value} must be >= {low}")
+            raise ConfigError(f"{name}={value} must be >= {low}")
     if scale_text is not None and not (math.isfinite(scale_text) and scale_text > 0):
-        raise ConfigError(f"--scale-text {scale_text}: the factor must be a finite number > 0, e.g. 12")
+        raise ConfigError(f"scale_text={scale_text}: the factor must be a finite number > 0, e.g. 12")
     if experiment is None and not compare and not (scale_text and checkpoint):
-        raise ConfigError("give an EXPERIMENT_DIR, or --compare CKPT_A CKPT_B, or --scale-text with --checkpoint")
+        raise ConfigError("give an experiment folder, or two checkpoints to compare, or a text scale factor with a "
+                          "checkpoint")
     if output is None and experiment is None:
-        raise ConfigError("--output DIR is needed when no EXPERIMENT_DIR is given")
+        raise ConfigError("an output folder is needed when no experiment folder is given")
     folder = locate_experiment(experiment) if experiment is not None else None
     if output is None:
         output = (Path(f"{folder.name}-analysis") if is_uri(str(experiment)) else
@@ -300,14 +300,12 @@ def _analyze_experiment(folder: Path, experiment: str, out: Path, top_k: int, di
     ckpt = load_checkpoint(best.checkpoint)
     run = open_run(ckpt, best.checkpoint, device, cache_dir)
     metrics = {"val_mae": float(ckpt["val_mae"]), "best_epoch": ckpt.get("best_epoch")}
-    if len(run.data.split("test")):
-        test = evaluate(run, "test")  # the one test evaluation of the search
-        write_predictions(out / "test_predictions.csv", [run.data.ids[i] for i in test["index"]], test["target"],
-                          test["prediction"])
+    test = test_once(run, out)  # the one test evaluation of the search
+    if test:
         figures["parity"] = plots.parity(test["target"], test["prediction"], out / "parity_test.png",
                                          f"Best trial {best.trial_id}: test split (evaluated once)").name
-        metrics.update(test_mae=test["mae"], test_rmse=test["rmse"], test_crystals=test["crystals"], test_note=TEST_NOTE)
-    result["best"] = {"trial": best.trial_id, "status": best.status, "params": best.params,
+        metrics.update({k: v for k, v in test.items() if k.startswith("test_")}, test_note=TEST_NOTE)
+    result["best"] = {"trial": best.trial_id, "status": best.status.value, "params": best.params,
                       "checkpoint": str(best.checkpoint), **metrics}
     (out / "best_trial.json").write_text(json.dumps(result["best"], indent=1))
     importances, note = parameter_importance(folder, experiment)

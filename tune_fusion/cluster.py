@@ -33,8 +33,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise TuneFusionError(
-                f"cannot join the Ray cluster at --address {address}: {err}. Start it with `ray start --head` "
-                "(or `ray up cluster.yaml`) and check the address, or omit --address for a local run"
+                f"cannot join the Ray cluster at address {address}: {err}. Start it with `ray start --head` "
+                "(or `ray up cluster.yaml`) and check the address, or give no address for a local run"
             ) from None
     return True
 
@@ -48,8 +48,8 @@ def _check_answers(address: str, timeout_s: float = 3.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except (OSError, ValueError) as err:
         raise TuneFusionError(
-            f"no Ray cluster answers at --address {address} ({err}); start one with `ray start --head` "
-            "(or `ray up cluster.yaml`) and pass its address, or omit --address for a local run"
+            f"no Ray cluster answers at address {address} ({err}); start one with `ray start --head` "
+            "(or `ray up cluster.yaml`) and pass its address, or give no address for a local run"
         ) from None
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tune_fusion.errors import ConfigError
+from tune_fusion.errors import ConfigError, prefixed
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATASET = PACKAGE_ROOT / "data" / "jarvis_dft3d_800.json.gz"
@@ -40,30 +40,37 @@ TARGET_ALIASES = {
 KEY_ALIASES = {"property": "target"}
 
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _opt(default: Any, help: str, *, cache: str = "", place: bool = False, not_searched: str = "") -> Any:
+    """One option. ``cache``: the prepared-data key it is part of (``graphs``, ``texts`` or ``view``); ``place``:
+    it says where or how a run happens, not what it computes (it may change when a run resumes); ``not_searched``:
+    why a search cannot set it."""
+    return field(default=default, metadata={"help": help, "cache": cache, "place": place,
+                                            "not_searched": not_searched})
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the crystals come from and how they become cached tensors."""
 
-    dataset: str = _opt(str(SAMPLE_DATASET), "dft_3d JSON(.gz/.zip), jarvis dataset name, ALIGNN folder or description.csv")
-    target: str = _opt("formation_energy_peratom", "property to predict (dft_3d key; e.g. optb88vdw_bandgap)")
-    cache_dir: str = _opt("~/.cache/tune-fusion", "where prepared caches live (shared storage on a cluster)")
-    cutoff: float = _opt(8.0, "neighbour cutoff radius in angstrom")
-    max_neighbors: int = _opt(12, "neighbours kept per atom")
-    atom_features: str = _opt("cgcnn", "jarvis-tools atom feature set (cgcnn: 92 features)")
-    text_encoder: str = _opt(DEFAULT_TEXT_ENCODER, "frozen sentence encoder: all-minilm-l6-v2 or a local model path")
-    max_sentences: int = _opt(24, "sentences kept per description for the cross-modal attention")
-    max_structures: int = _opt(0, "use only the first N usable records (0 = all); for quick runs")
-    train_ratio: float = _opt(0.8, "fraction of records for training")
-    val_ratio: float = _opt(0.1, "fraction of records for validation (model selection)")
-    test_ratio: float = _opt(0.1, "fraction of records for the final test")
-    n_train: int = _opt(0, "absolute number of training records (overrides train_ratio when > 0)")
-    n_val: int = _opt(0, "absolute number of validation records (overrides val_ratio when > 0)")
-    n_test: int = _opt(0, "absolute number of test records (overrides test_ratio when > 0)")
-    split_seed: int = _opt(123, "seed of the train/val/test split")
+    dataset: str = _opt(str(SAMPLE_DATASET), "dft_3d JSON(.gz/.zip), jarvis dataset name, ALIGNN folder or description.csv",
+                        place=True)  # the cache is keyed by the dataset's content, not its path
+    target: str = _opt("formation_energy_peratom", "property to predict (dft_3d key; e.g. optb88vdw_bandgap)",
+                       cache="view")
+    cache_dir: str = _opt("~/.cache/tune-fusion", "where prepared caches live (each node's own disk is fine)", place=True)
+    cutoff: float = _opt(8.0, "neighbour cutoff radius in angstrom", cache="graphs")
+    max_neighbors: int = _opt(12, "neighbours kept per atom", cache="graphs")
+    atom_features: str = _opt("cgcnn", "jarvis-tools atom feature set (cgcnn: 92 features)", cache="graphs")
+    text_encoder: str = _opt(DEFAULT_TEXT_ENCODER, "frozen sentence encoder: all-minilm-l6-v2 or a local model path",
+                             cache="texts")
+    max_sentences: int = _opt(24, "sentences kept per description for the cross-modal attention", cache="view")
+    max_structures: int = _opt(0, "use only the first N usable records (0 = all); for quick runs", cache="view")
+    train_ratio: float = _opt(0.8, "fraction of records for training", cache="view")
+    val_ratio: float = _opt(0.1, "fraction of records for validation (model selection)", cache="view")
+    test_ratio: float = _opt(0.1, "fraction of records for the final test", cache="view")
+    n_train: int = _opt(0, "absolute number of training records (overrides train_ratio when > 0)", cache="view")
+    n_val: int = _opt(0, "absolute number of validation records (overrides val_ratio when > 0)", cache="view")
+    n_test: int = _opt(0, "absolute number of test records (overrides test_ratio when > 0)", cache="view")
+    split_seed: int = _opt(123, "seed of the train/val/test split", cache="view")
 
 
 @dataclass(frozen=True)
@@ -115,9 +122,11 @@ class TrainConfig:
     early_stopping_patience: int = _opt(50, "stop after this many epochs without a better val_mae (0 = off)")
     max_text_scale: float = _opt(50.0, "stop the run when any |text_scale| exceeds this")
     random_seed: int = _opt(123, "seed of initialisation and batch order")
-    num_workers: int = _opt(0, "DataLoader worker processes")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
-    output_dir: str = _opt("./output/", "standalone training: where checkpoints and predictions go")
+    num_workers: int = _opt(0, "DataLoader worker processes", place=True)
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N", place=True,
+                       not_searched="each trial uses the GPU Ray assigns it (resources.gpu), else the CPU")
+    output_dir: str = _opt("./output/", "standalone training: where checkpoints and predictions go", place=True,
+                           not_searched="trials write into the experiment directory (storage and name)")
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -146,6 +155,18 @@ def _field_types() -> dict[str, tuple[str, dataclasses.Field, type]]:
 
 
 FIELDS = _field_types()
+
+
+def cache_fields(*stores: str) -> tuple[str, ...]:
+    """The options that key the prepared data of ``stores`` (``graphs``, ``texts``, ``view``; all when none)."""
+    return tuple(name for name, (_, f, _) in FIELDS.items()
+                 if f.metadata["cache"] and (not stores or f.metadata["cache"] in stores))
+
+
+# Options that say where or how a run happens, not what it computes: they may differ when a run resumes.
+PLACE_OPTIONS = frozenset(name for name, (_, f, _) in FIELDS.items() if f.metadata["place"])
+# Options a search decides itself, with the reason.
+NOT_SEARCHED = {name: f.metadata["not_searched"] for name, (_, f, _) in FIELDS.items() if f.metadata["not_searched"]}
 
 
 def option_help(name: str) -> str:
@@ -233,17 +254,38 @@ class Config:
                     f"{source}: unknown option '{raw_key}'.{suggest(raw_key, FIELDS)} "
                     f"Valid options: {', '.join(FIELDS)}"
                 )
-            try:
+            with prefixed(source):
                 value = coerce(key, value)
-            except ConfigError as err:
-                raise ConfigError(f"{source}: {err}") from None
             if key == "target":
                 value = TARGET_ALIASES.get(value, value)
             per_section[FIELDS[key][0]][key] = value
-        try:
+        with prefixed(source):
             return Config(**{s: dataclasses.replace(getattr(self, s), **per_section[s]) for s in SECTIONS})
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a JSON or YAML file of flat keys (like the original ``config_improved_fusion.json``)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle)  # YAML is a superset of JSON
+    except OSError as err:
+        raise ConfigError(f"config file {path}: cannot read it ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: not valid JSON/YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of option: value")
+    return values
+
+
+def check_same_run(cfg: Config, stored: Mapping[str, Any], path: str | Path) -> None:
+    """Resuming continues the same run: every option that shapes it (epochs included) must match the stored ones."""
+    differ = sorted(k for k, v in cfg.to_dict().items() if k not in PLACE_OPTIONS and stored.get(k) != v)
+    if differ:
+        raise ConfigError(f"cannot resume {path}: it was made with other settings for {', '.join(differ)} "
+                          f"({', '.join(f'{k}={stored.get(k)!r}' for k in differ)}); use the same values, "
+                          "or start a new run in another output_dir")
 
 
 def _check(condition: bool, message: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class TuneFusionError(Exception):
     """Base class: the message names the input, the problem and the fix."""
@@ -13,3 +16,12 @@ class ConfigError(TuneFusionError, ValueError):
 
 class DataError(TuneFusionError, ValueError):
     """A dataset, cache or checkpoint cannot be used."""
+
+
+@contextmanager
+def prefixed(where: str) -> Iterator[None]:
+    """Re-raise a ConfigError from the block with ``where`` in front, so the message names its input."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None

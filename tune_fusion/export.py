@@ -140,11 +140,11 @@ def scaled_text_state(ckpt: Mapping[str, Any], path: str | Path, factor: float) 
     """The best weights with the last ``text_transform`` Linear of every fused layer multiplied by ``factor``
     (weight and bias, so the transformed text ``u`` is exactly ``factor`` times larger)."""
     if not math.isfinite(factor) or factor <= 0:
-        raise ConfigError(f"--scale-text {factor}: the factor must be a finite number > 0, e.g. 12")
+        raise ConfigError(f"scale_text={factor}: the factor must be a finite number > 0, e.g. 12")
     network = build_network(ckpt, path)
     if not len(network.middle_fusion_modules):
-        raise ConfigError(f"checkpoint {path} has no middle-fusion layer (use_middle_fusion is off); --scale-text "
-                          "needs a model trained with use_middle_fusion True")
+        raise ConfigError(f"checkpoint {path} has no middle-fusion layer (use_middle_fusion is off); scaling the "
+                          "text needs a model trained with use_middle_fusion True")
     with torch.no_grad():
         for module in network.middle_fusion_modules.values():
             last = module.text_transform[-1]

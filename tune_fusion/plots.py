@@ -18,17 +18,19 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-# status -> (line style, marker at the last epoch, colour); statuses are those of tune_fusion.analysis
+from tune_fusion.names import Status
+
+# trial status -> (line style, marker at the last epoch, colour)
 STATUS_STYLE = {
-    "completed": ("-", "o", "tab:blue"),
-    "stopped_by_scheduler": ("--", "x", "tab:gray"),
-    "diverged": (":", "v", "tab:red"),
-    "config_error": (":", "v", "tab:red"),
-    "errored": (":", "v", "tab:red"),
-    "running": ("-", ">", "tab:green"),
-    "interrupted": ("-.", "s", "tab:orange"),
+    Status.COMPLETED: ("-", "o", "tab:blue"),
+    Status.STOPPED_BY_SCHEDULER: ("--", "x", "tab:gray"),
+    Status.DIVERGED: (":", "v", "tab:red"),
+    Status.CONFIG_ERROR: (":", "v", "tab:red"),
+    Status.ERRORED: (":", "v", "tab:red"),
+    Status.RUNNING: ("-", ">", "tab:green"),
+    Status.INTERRUPTED: ("-.", "s", "tab:orange"),
 }
-DEFAULT_STYLE = ("-", "o", "tab:purple")
+assert set(STATUS_STYLE) == set(Status), "every trial status needs a style"
 
 
 def _figure(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 4.0) -> tuple[Figure, np.ndarray]:
@@ -54,13 +56,13 @@ def learning_curves(trials: Sequence[Any], path: Path) -> Path:
         rows = [r for r in trial.history if "val_mae" in r]
         if not rows:
             continue
-        style, marker, colour = STATUS_STYLE.get(trial.status, DEFAULT_STYLE)
+        style, marker, colour = STATUS_STYLE[trial.status]
         epochs = [r.get("training_iteration", i + 1) for i, r in enumerate(rows)]
         ax.plot(epochs, _finite([r["val_mae"] for r in rows]), linestyle=style, color=colour, alpha=0.8, lw=1.2)
         ax.plot(epochs[-1:], _finite([rows[-1]["val_mae"]]), marker=marker, color=colour, linestyle="none")
-    present = sorted({t.status for t in trials})
-    handles = [Line2D([], [], linestyle=STATUS_STYLE.get(s, DEFAULT_STYLE)[0], marker=STATUS_STYLE.get(s, DEFAULT_STYLE)[1],
-                      color=STATUS_STYLE.get(s, DEFAULT_STYLE)[2], label=s.replace("_", " ")) for s in present]
+    present = [s for s in Status if any(t.status == s for t in trials)]
+    handles = [Line2D([], [], linestyle=STATUS_STYLE[s][0], marker=STATUS_STYLE[s][1], color=STATUS_STYLE[s][2],
+                      label=s.label) for s in present]
     ax.legend(handles=handles, title="trial status", fontsize=8)
     ax.set(xlabel="epoch", ylabel="validation MAE", title=f"Learning curves of {len(trials)} trials")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -74,7 +76,7 @@ def _is_numeric(values: Sequence[Any]) -> bool:
 
 def _scatter_param(ax: Axes, name: str, points: list[tuple[Any, float, str]]) -> None:
     values = [v for v, _, _ in points]
-    colours = [STATUS_STYLE.get(s, DEFAULT_STYLE)[2] for _, _, s in points]
+    colours = [STATUS_STYLE[s][2] for _, _, s in points]
     maes = [m for _, m, _ in points]
     if _is_numeric(values):
         ax.scatter(values, maes, c=colours, s=30)

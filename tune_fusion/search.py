@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import uuid
@@ -26,14 +25,14 @@ from ray.tune.search.optuna import OptunaSearch
 from tune_fusion.cluster import connect
 from tune_fusion.data import prepare
 from tune_fusion.errors import ConfigError
+from tune_fusion.names import DEFAULT_STORAGE, FINISHED, METRIC, MODE, StopReason, experiment_dir, is_uri, study_path
 from tune_fusion.space import DefineByRun, SearchSpec
-from tune_fusion.trainable import FINISHED, METRIC, MODE, train_trial
+from tune_fusion.trainable import train_trial
 
 log = logging.getLogger(__name__)
 
-STUDY_FILE = "optuna_study.db"
-DEFAULT_STORAGE = "~/ray_results"
 CHECKPOINTS_KEPT = 2  # per trial: the latest (resume) and the one before (in case the latest write was cut)
+__all__ = ["DEFAULT_STORAGE", "SearchRun", "best_checkpoint_path", "run_search"]
 
 
 class FusionOptunaSearch(OptunaSearch):
@@ -50,7 +49,7 @@ class FusionOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("stop_reason", reason)
         if not result.get(FINISHED):
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-        elif reason.startswith(("nan_loss", "config_error")):
+        elif StopReason.of(reason) in (StopReason.NAN_LOSS, StopReason.CONFIG_ERROR):
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
         else:  # the trial's value is its best validation MAE, as in every other selection
             return super().on_trial_complete(trial_id, {**result, METRIC: result["best_val_mae"]}, error)
@@ -70,23 +69,6 @@ class SearchRun:
         if self.best is None:
             return None
         return float(self.best.metrics_dataframe[METRIC].min())
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def experiment_dir(storage: str, name: str) -> str:
-    return f"{storage.rstrip('/')}/{name}" if is_uri(storage) else str(Path(storage).expanduser().resolve() / name)
-
-
-def study_path(exp_dir: str) -> Path:
-    """The persisted Optuna study: in the experiment directory, or, for s3:// or gs:// storage, in a local folder
-    named by a hash of the experiment's URI (SQLite needs a local file)."""
-    if not is_uri(exp_dir):
-        return Path(exp_dir) / STUDY_FILE
-    key = hashlib.sha256(exp_dir.encode()).hexdigest()[:16]
-    return Path("~/.cache/tune-fusion/studies").expanduser() / key / STUDY_FILE
 
 
 def check_shared(path: str, what: str) -> None:
@@ -120,13 +102,13 @@ def trial_name(trial: Any) -> str:
 def check_resources(spec: SearchSpec, local: bool) -> None:
     """A trial must fit on some node: on a local Ray that is an error (Ray would wait forever), on a cluster a
     warning (an autoscaler may still add such nodes)."""
-    need = {"CPU": spec.resources["cpu"], "GPU": spec.resources["gpu"]}
+    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
         return
     have = ", ".join(f"{n.get('CPU', 0):g} CPU / {n.get('GPU', 0):g} GPU" for n in nodes)
     message = (f"each trial asks for {need['CPU']:g} CPU and {need['GPU']:g} GPU (resources in {spec.source}) but "
-               f"no node has that ({have}); pass e.g. --cpus-per-trial 1 --gpus-per-trial 0")
+               f"no node has that ({have}); ask for fewer per trial, e.g. resources cpu 1, gpu 0")
     if local:
         raise ConfigError(message)
     log.warning("%s; waiting for the autoscaler to add such a node", message)
@@ -135,33 +117,37 @@ def check_resources(spec: SearchSpec, local: bool) -> None:
 def check_experiment(exp_dir: str, resume: bool) -> None:
     """``--resume`` needs an experiment to continue; a new search must not write into an old one."""
     if resume and not tune.Tuner.can_restore(exp_dir):
-        raise ConfigError(f"--resume: no search to continue at {exp_dir}; check --storage/--name, or drop --resume")
+        raise ConfigError(f"no search to continue at {exp_dir}; check the storage and name, or start a new search "
+                          "instead of resuming")
     exists = study_path(exp_dir).exists() or (not is_uri(exp_dir) and Path(exp_dir).exists()
                                               and any(Path(exp_dir).iterdir()))
     if not resume and exists:
-        raise ConfigError(f"experiment {exp_dir} already exists: pass --resume to continue it, or --name for a new one")
+        raise ConfigError(f"experiment {exp_dir} already exists: resume it to continue, or give the new search "
+                          "another name")
 
 
 def build_tuner(spec: SearchSpec, cache_path: str, storage: str, name: str, resume: bool) -> tune.Tuner:
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, cache_path=cache_path, base=spec.base.to_dict()),
-        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     exp_dir = experiment_dir(storage, name)
     if resume:
         return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
     study = study_path(exp_dir)
     study.parent.mkdir(parents=True, exist_ok=True)
-    sampler = (optuna.samplers.TPESampler(seed=spec.searcher["seed"]) if spec.searcher["sampler"] == "tpe"
-               else optuna.samplers.RandomSampler(seed=spec.searcher["seed"]))
+    if spec.searcher.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=spec.searcher.seed)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=spec.searcher.seed)
     searcher = FusionOptunaSearch(
         space=DefineByRun(spec.params, spec.base), metric=METRIC, mode=MODE, sampler=sampler,
-        points_to_evaluate=spec.searcher["points_to_evaluate"] or None,
+        points_to_evaluate=list(spec.searcher.points_to_evaluate) or None,
         storage=optuna.storages.RDBStorage(f"sqlite:///{study}"), study_name=name,
     )
-    if spec.scheduler["type"] == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.scheduler["max_t"],
-                                  grace_period=spec.scheduler["grace_period"],
-                                  reduction_factor=spec.scheduler["reduction_factor"])
+    if spec.scheduler.type == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.scheduler.max_t,
+                                  grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor)
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(

@@ -19,27 +19,51 @@ Shape of a file (every key is checked before Ray starts; see search_spaces/*.yam
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tune_fusion.config import FIELDS, PACKAGE_ROOT, Config, coerce, option_type, parse_layers, suggest
-from tune_fusion.errors import ConfigError
+from tune_fusion.config import FIELDS, NOT_SEARCHED, PACKAGE_ROOT, Config, coerce, option_type, parse_layers, suggest
+from tune_fusion.errors import ConfigError, prefixed
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TOP_LEVEL = ("dataset", "fixed", "search", "scheduler", "searcher", "resources", "num_samples", "max_concurrent",
              "time_budget_s")
-SCHEDULER_KEYS = {"type": str, "max_t": int, "grace_period": int, "reduction_factor": float}
-SEARCHER_KEYS = {"type": str, "sampler": str, "seed": int, "points_to_evaluate": list}
-RESOURCE_KEYS = {"cpu": float, "gpu": float}
 PARAM_KEYS = ("type", "low", "high", "values", "step", "when")
-# Options of standalone training that a search decides itself.
-RUN_ONLY = {"device": "each trial uses the GPU Ray assigns it (resources.gpu), else the CPU",
-            "output_dir": "trials write into the experiment directory (--storage, --name)"}
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """``scheduler:``: ASHA stops weak trials at rungs grace_period, x reduction_factor, ...; fifo runs them all."""
+
+    type: str = "asha"
+    max_t: int = 0  # 0 = the trials' epochs (the only value ASHA accepts: it counts epochs)
+    grace_period: int = 3
+    reduction_factor: float = 3.0
+
+
+@dataclass(frozen=True)
+class SearcherSettings:
+    """``searcher:``: Optuna's sampler (tpe or random), its seed, and configurations to evaluate first."""
+
+    type: str = "optuna"
+    sampler: str = "tpe"
+    seed: int = 0
+    points_to_evaluate: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Resources:
+    """``resources:`` of one trial; gpu may be a fraction (several trials share a GPU)."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -71,11 +95,9 @@ class SearchSpec:
     source: str
     base: Config
     params: tuple[Param, ...]
-    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha", "max_t": 30, "grace_period": 3,
-                                                                "reduction_factor": 3.0})
-    searcher: dict[str, Any] = field(default_factory=lambda: {"type": "optuna", "sampler": "tpe", "seed": 0,
-                                                               "points_to_evaluate": []})
-    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    scheduler: SchedulerSettings = SchedulerSettings()
+    searcher: SearcherSettings = SearcherSettings()
+    resources: Resources = Resources()
     num_samples: int = 8
     max_concurrent: int = 2
     time_budget_s: float | None = None
@@ -139,21 +161,21 @@ def parse_spec(raw: Mapping[str, Any], source: str, overrides: Mapping[str, Any]
             base_values["dataset"] = str(relative)
         elif (PACKAGE_ROOT / str(base_values["dataset"])).exists():
             base_values["dataset"] = str(PACKAGE_ROOT / str(base_values["dataset"]))
-    for key in RUN_ONLY:
+    for key, reason in NOT_SEARCHED.items():
         if key in fixed or key in _mapping(raw, "search", source):
-            raise ConfigError(f"{source}: '{key}' has no meaning in a search ({RUN_ONLY[key]}); remove it")
+            raise ConfigError(f"{source}: '{key}' has no meaning in a search ({reason}); remove it")
     base = Config.from_dict({**base_values, **fixed}, source=f"{source}: dataset/fixed")
     params = _params(_mapping(raw, "search", source), base, fixed, source)
-    scheduler = {**SearchSpec.__dataclass_fields__["scheduler"].default_factory(), "max_t": base.train.epochs,
-                 **_typed(_mapping(raw, "scheduler", source), SCHEDULER_KEYS, f"{source}: scheduler")}
-    searcher = {**SearchSpec.__dataclass_fields__["searcher"].default_factory(),
-                **_typed(_mapping(raw, "searcher", source), SEARCHER_KEYS, f"{source}: searcher")}
-    resources = {**SearchSpec.__dataclass_fields__["resources"].default_factory(),
-                 **_typed(_mapping(raw, "resources", source), RESOURCE_KEYS, f"{source}: resources")}
+    scheduler = _typed(_mapping(raw, "scheduler", source), SchedulerSettings, f"{source}: scheduler")
+    if scheduler.max_t == 0:
+        scheduler = dataclasses.replace(scheduler, max_t=base.train.epochs)
+    defaults = SearchSpec.__dataclass_fields__
     spec = SearchSpec(
-        source=source, base=base, params=params, scheduler=scheduler, searcher=searcher, resources=resources,
-        num_samples=_number(raw, "num_samples", int, 8, source, minimum=1),
-        max_concurrent=_number(raw, "max_concurrent", int, 2, source, minimum=1),
+        source=source, base=base, params=params, scheduler=scheduler,
+        searcher=_typed(_mapping(raw, "searcher", source), SearcherSettings, f"{source}: searcher"),
+        resources=_typed(_mapping(raw, "resources", source), Resources, f"{source}: resources"),
+        num_samples=_number(raw, "num_samples", int, defaults["num_samples"].default, source, minimum=1),
+        max_concurrent=_number(raw, "max_concurrent", int, defaults["max_concurrent"].default, source, minimum=1),
         time_budget_s=_number(raw, "time_budget_s", float, None, source, minimum=1),
     )
     _check_run_settings(spec)
@@ -167,17 +189,21 @@ def _mapping(raw: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _typed(values: dict[str, Any], schema: dict[str, type], where: str) -> dict[str, Any]:
+def _typed(values: dict[str, Any], cls: type, where: str) -> Any:
+    """``cls(**values)`` for a settings dataclass, each key and value checked against its fields' types."""
+    hints = typing.get_type_hints(cls)
     out = {}
     for key, value in values.items():
-        if key not in schema:
-            raise ConfigError(f"{where}: unknown key '{key}'.{suggest(key, schema)} Valid keys: {', '.join(schema)}")
-        kind = schema[key]
+        if key not in hints:
+            raise ConfigError(f"{where}: unknown key '{key}'.{suggest(key, hints)} Valid keys: {', '.join(hints)}")
+        kind = typing.get_origin(hints[key]) or hints[key]
+        if kind is tuple:
+            kind = list  # a YAML list
         ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
         if not ok or isinstance(value, bool):
             raise ConfigError(f"{where}.{key}={value!r} must be a {kind.__name__}")
-        out[key] = kind(value) if kind in (int, float) else value
-    return out
+        out[key] = tuple(value) if kind is list else kind(value)
+    return cls(**out)
 
 
 def _number(raw: Mapping[str, Any], key: str, kind: type, default: Any, source: str, minimum: float) -> Any:
@@ -228,18 +254,14 @@ def _param(name: str, body: dict[str, Any], where: str) -> Param:
     when = body.get("when") or {}
     if not isinstance(when, Mapping):
         raise ConfigError(f"{where}.when must be a mapping like {{use_cross_modal: true}}")
-    try:
+    with prefixed(f"{where}.when"):
         conditions = tuple((k, coerce(k, v) if k in FIELDS else v) for k, v in when.items())
-    except ConfigError as err:
-        raise ConfigError(f"{where}.when: {err}") from None
     if kind == "choice":
         values = body.get("values")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: a choice needs a non-empty list 'values', got {values!r}")
-        try:
+        with prefixed(where):
             coerced = tuple(coerce(name, v) for v in values)
-        except ConfigError as err:
-            raise ConfigError(f"{where}: {err}") from None
         return Param(name, kind, values=coerced, when=conditions)
     expected = int if kind == "int" else float
     if option_type(name) not in (int, float) or (kind == "int") != (option_type(name) is int):
@@ -278,20 +300,12 @@ def _order(params: dict[str, Param], source: str) -> tuple[Param, ...]:
 def _check_values(params: tuple[Param, ...], base: Config, source: str) -> None:
     """Every drawable value must make a valid config with the fixed options and the other params' first values
     (layer indices are checked against the largest model the space can draw)."""
-    alignn = next((p for p in params if p.name == "alignn_layers"), None)
-    max_layers = int(alignn.high if alignn and alignn.type == "int" else max(alignn.values) if alignn
-                     else base.model.alignn_layers)
+    _check_fusion_layers(params, _largest(params, "alignn_layers", base.model.alignn_layers), source)
     representative = {p.name: p.values[0] if p.type == "choice" else p.low for p in params
-                      if p.name not in ("alignn_layers",)}
+                      if p.name != "alignn_layers"}
     for param in params:
         where = f"{source}: search.{param.name}"
         if param.name == "middle_fusion_layers":
-            for value in param.values:
-                bad = [i for i in parse_layers(value) if not 0 <= i < max_layers]
-                if bad:
-                    raise ConfigError(f"{where}: value {value!r} names layer(s) {bad} but the model has "
-                                      f"alignn_layers={max_layers} (valid 0..{max_layers - 1}); drop it or raise "
-                                      "alignn_layers")
             continue
         samples = param.values if param.type == "choice" else (param.low, param.high)
         for value in samples:
@@ -301,29 +315,55 @@ def _check_values(params: tuple[Param, ...], base: Config, source: str) -> None:
                 raise ConfigError(f"{where}: value {value!r} is invalid: {str(err).split(': ', 1)[-1]}") from None
 
 
+def _check_fusion_layers(params: tuple[Param, ...], max_layers: int, source: str) -> None:
+    """Every drawable ``middle_fusion_layers`` value names layers the largest drawable model has."""
+    for param in params:
+        if param.name != "middle_fusion_layers":
+            continue
+        where = f"{source}: search.{param.name}"
+        for value in param.values:
+            with prefixed(where):
+                layers = parse_layers(value)
+            bad = [i for i in layers if not 0 <= i < max_layers]
+            if bad:
+                raise ConfigError(f"{where}: value {value!r} names layer(s) {bad} but the model has "
+                                  f"alignn_layers={max_layers} (valid 0..{max_layers - 1}); drop it or raise "
+                                  "alignn_layers")
+
+
+def _largest(params: tuple[Param, ...], name: str, fixed: int) -> int:
+    """The largest value searched parameter ``name`` can take (``fixed`` when it is not searched)."""
+    param = next((p for p in params if p.name == name), None)
+    if param is None:
+        return fixed
+    if param.type == "choice":
+        return int(max(param.values))
+    return int(param.high)
+
+
 def _check_run_settings(spec: SearchSpec) -> None:
     src, sched, searcher = spec.source, spec.scheduler, spec.searcher
-    if sched["type"] not in ("asha", "fifo"):
-        raise ConfigError(f"{src}: scheduler.type={sched['type']!r} must be asha or fifo")
-    if sched["type"] == "asha":
-        if not 1 <= sched["grace_period"] <= sched["max_t"]:
+    if sched.type not in ("asha", "fifo"):
+        raise ConfigError(f"{src}: scheduler.type={sched.type!r} must be asha or fifo")
+    if sched.type == "asha":
+        if not 1 <= sched.grace_period <= sched.max_t:
             raise ConfigError(f"{src}: scheduler needs 1 <= grace_period <= max_t, got grace_period="
-                              f"{sched['grace_period']}, max_t={sched['max_t']}")
-        if sched["reduction_factor"] <= 1:
-            raise ConfigError(f"{src}: scheduler.reduction_factor={sched['reduction_factor']} must be > 1")
+                              f"{sched.grace_period}, max_t={sched.max_t}")
+        if sched.reduction_factor <= 1:
+            raise ConfigError(f"{src}: scheduler.reduction_factor={sched.reduction_factor} must be > 1")
         if any(p.name == "epochs" for p in spec.params):
             raise ConfigError(f"{src}: search.epochs cannot be searched with ASHA, which gives every trial the same "
                               "budget (scheduler.max_t); fix epochs, or use scheduler: {type: fifo}")
-        if sched["max_t"] != spec.base.train.epochs:
-            raise ConfigError(f"{src}: scheduler.max_t={sched['max_t']} must equal epochs={spec.base.train.epochs} "
+        if sched.max_t != spec.base.train.epochs:
+            raise ConfigError(f"{src}: scheduler.max_t={sched.max_t} must equal epochs={spec.base.train.epochs} "
                               "(ASHA counts epochs, and a trial's schedule runs to its last epoch); set both alike")
-    if searcher["type"] != "optuna":
-        raise ConfigError(f"{src}: searcher.type={searcher['type']!r} must be optuna (use sampler: random for a "
+    if searcher.type != "optuna":
+        raise ConfigError(f"{src}: searcher.type={searcher.type!r} must be optuna (use sampler: random for a "
                           "random search)")
-    if searcher["sampler"] not in ("tpe", "random"):
-        raise ConfigError(f"{src}: searcher.sampler={searcher['sampler']!r} must be tpe or random")
+    if searcher.sampler not in ("tpe", "random"):
+        raise ConfigError(f"{src}: searcher.sampler={searcher.sampler!r} must be tpe or random")
     names = {p.name: p for p in spec.params}
-    for i, point in enumerate(searcher["points_to_evaluate"]):
+    for i, point in enumerate(searcher.points_to_evaluate):
         where = f"{src}: searcher.points_to_evaluate[{i}]"
         if not isinstance(point, Mapping):
             raise ConfigError(f"{where} must be a mapping of searched parameter: value")
@@ -331,13 +371,11 @@ def _check_run_settings(spec: SearchSpec) -> None:
             if key not in names:
                 raise ConfigError(f"{where}: '{key}' is not a searched parameter.{suggest(key, names)}")
             param = names[key]
-            try:
+            with prefixed(where):
                 value = coerce(key, value)
-            except ConfigError as err:
-                raise ConfigError(f"{where}: {err}") from None
             if param.type == "choice" and value not in param.values:
                 raise ConfigError(f"{where}: {key}={value!r} is not among its values {list(param.values)}")
             if param.type != "choice" and not param.low <= value <= param.high:
                 raise ConfigError(f"{where}: {key}={value} lies outside [{param.low}, {param.high}]")
-    if spec.resources["cpu"] <= 0 or spec.resources["gpu"] < 0:
+    if spec.resources.cpu <= 0 or spec.resources.gpu < 0:
         raise ConfigError(f"{src}: resources need cpu > 0 and gpu >= 0, got {spec.resources}")

@@ -18,13 +18,10 @@ from ray import tune
 from tune_fusion.config import Config
 from tune_fusion.data import load
 from tune_fusion.errors import TuneFusionError
+from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, StopReason
 from tune_fusion.train import Run, fit
 
 log = logging.getLogger(__name__)
-
-METRIC, MODE = "val_mae", "min"  # what every search optimises: validation MAE only
-FINISHED = "trial_finished"  # 1 on a trial's last report when it ended by itself (epochs, early stop, NaN, ...)
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
@@ -47,7 +44,7 @@ def train_trial(params: dict[str, Any], cache_path: str, base: dict[str, Any]) -
     try:
         cfg = Config.from_dict({**base, **params}, source="trial config")
     except TuneFusionError as err:  # a combination the space allowed but the model cannot have: no retry helps
-        tune.report({METRIC: math.inf, FINISHED: 1, "stop_reason": f"config_error: {err}"})
+        tune.report({METRIC: math.inf, FINISHED: 1, "stop_reason": StopReason.CONFIG_ERROR.says(str(err))})
         return
     data = load(cache_path)
     previous = tune.get_checkpoint()

@@ -25,6 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from tune_fusion.config import TARGET_ALIASES
 from tune_fusion.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -214,3 +215,14 @@ def _load_json_records(path: Path) -> Any:
             return json.load(handle)
     except (json.JSONDecodeError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as err:
         raise DataError(f"{path} cannot be read as dft_3d JSON: {err}") from None
+
+
+def published_layout(root_dir: str, target: str) -> str:
+    """``ROOT/jarvis/<property>/description.csv`` of the published text+graph datasets (either name form)."""
+    names = [target] + [short for short, full in TARGET_ALIASES.items() if full == target]
+    for name in names:
+        candidate = Path(root_dir).expanduser() / "jarvis" / name / "description.csv"
+        if candidate.is_file():
+            return str(candidate)
+    raise DataError(f"dataset jarvis with root_dir {root_dir}: no jarvis/<property>/description.csv for "
+                    f"{' or '.join(names)} under {root_dir}")

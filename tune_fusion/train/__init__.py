@@ -13,6 +13,7 @@ Standalone::
 from __future__ import annotations
 
 import copy
+import csv
 import logging
 import math
 import os
@@ -32,6 +33,7 @@ from tune_fusion.config import Config
 from tune_fusion.data import Batch, PreparedData, Standardizer, make_loader
 from tune_fusion.errors import DataError
 from tune_fusion.model import FusionNetwork, contrastive_loss
+from tune_fusion.names import StopReason
 
 log = logging.getLogger(__name__)
 
@@ -211,14 +213,16 @@ def _step(run: Run, batch: Batch, train: bool) -> tuple[torch.Tensor, torch.Tens
 
 def _stop_reason(run: Run, train: dict[str, Any], val: dict[str, Any], scales: dict[str, float]) -> str:
     if not math.isfinite(train["loss"]) or not math.isfinite(val["mae"]):
-        return f"nan_loss: the loss became {train['loss']} at epoch {run.epoch}; lower learning_rate or the text scale"
+        return StopReason.NAN_LOSS.says(f"the loss became {train['loss']} at epoch {run.epoch}; lower learning_rate "
+                                        "or the text scale")
     too_big = {name: s for name, s in scales.items() if abs(s) > run.cfg.train.max_text_scale}
     if too_big:
-        return (f"text_scale_exploded: {too_big} beyond max_text_scale={run.cfg.train.max_text_scale} at epoch "
-                f"{run.epoch}; lower middle_fusion_initial_scale or use middle_fusion_use_gate_norm")
+        return StopReason.TEXT_SCALE_EXPLODED.says(
+            f"{too_big} beyond max_text_scale={run.cfg.train.max_text_scale} at epoch {run.epoch}; lower "
+            "middle_fusion_initial_scale or use middle_fusion_use_gate_norm")
     patience = run.cfg.train.early_stopping_patience
     if patience and run.epoch - run.best_epoch >= patience:
-        return f"early_stopping: no better val_mae for {patience} epochs"
+        return StopReason.EARLY_STOPPING.says(f"no better val_mae for {patience} epochs")
     return ""
 
 
@@ -277,8 +281,39 @@ def evaluate(run: Run, split: str = "test", state: dict[str, torch.Tensor] | Non
         run.model.load_state_dict(model_state)
 
 
-if __name__ == "__main__":
-    from tune_fusion.cli import run as run_cli
-    from tune_fusion.standalone import main
+PREDICTIONS_FILE = "test_predictions.csv"  # jid,target,prediction of the test split, in the target's units
+OLD_PREDICTIONS_FILE = "predictions_test.csv"  # the name standalone runs used before; still read
 
-    run_cli(main)
+
+def test_once(run: Run, out: Path) -> dict[str, Any]:
+    """The one test evaluation of a run: the best-by-validation weights on the test split, predictions written to
+    ``out/test_predictions.csv`` (unclamped); returns test MAE, RMSE and the number of crystals ({} when the
+    split is empty)."""
+    if not len(run.data.split("test")):
+        return {}
+    test = evaluate(run, "test")
+    write_predictions(out / PREDICTIONS_FILE, [run.data.ids[i] for i in test["index"]], test["target"],
+                      test["prediction"])
+    return {"test_mae": test["mae"], "test_rmse": test["rmse"], "test_crystals": test["crystals"],
+            "target": test["target"], "prediction": test["prediction"]}
+
+
+def write_predictions(path: Path, ids: list[str], targets: Any, predictions: Any) -> None:
+    """CSV ``jid,target,prediction`` in the target's units, unclamped."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["jid", "target", "prediction"])
+        writer.writerows(zip(ids, (float(t) for t in targets), (float(p) for p in predictions)))
+
+
+def read_predictions(folder: Path) -> dict[str, np.ndarray] | None:
+    """The test predictions written in ``folder`` (either file name), or None."""
+    for name in (PREDICTIONS_FILE, OLD_PREDICTIONS_FILE):
+        if (folder / name).is_file():
+            with open(folder / name, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            return {"jid": np.array([r["jid"] for r in rows]),
+                    "target": np.array([float(r["target"]) for r in rows]),
+                    "prediction": np.array([float(r["prediction"]) for r in rows])}
+    return None

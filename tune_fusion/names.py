@@ -1,0 +1,72 @@
+"""What a search writes and how its files are named: shared by the Ray side (trainable, search) and the Ray-free
+side (analysis). Importing this module imports neither Ray nor Optuna."""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+from pathlib import Path
+
+METRIC, MODE = "val_mae", "min"  # what every search optimises: validation MAE only
+FINISHED = "trial_finished"  # 1 on a trial's last report when it ended by itself (epochs, early stop, NaN, ...)
+CHECKPOINT_FILE = "checkpoint.pt"  # inside each of a trial's checkpoint_* folders
+STUDY_FILE = "optuna_study.db"  # the persisted Optuna study, in the experiment folder
+DEFAULT_STORAGE = "~/ray_results"
+
+
+class StopReason(str, Enum):
+    """Why a run ended before its last epoch; a run's ``stop_reason`` reads ``"<value>: <explanation>"``."""
+
+    NAN_LOSS = "nan_loss"
+    TEXT_SCALE_EXPLODED = "text_scale_exploded"
+    EARLY_STOPPING = "early_stopping"
+    CONFIG_ERROR = "config_error"
+
+    def says(self, explanation: str) -> str:
+        """The stop-reason text stored with a run."""
+        return f"{self.value}: {explanation}"
+
+    @classmethod
+    def of(cls, text: str | None) -> StopReason | None:
+        """The reason a stored ``stop_reason`` text names, or None (the run was not stopped early)."""
+        head = str(text or "").split(":", 1)[0].strip()
+        return next((reason for reason in cls if reason.value == head), None)
+
+    @property
+    def diverged(self) -> bool:
+        """The run's numbers blew up (no retry can help; lower the learning rate or the text scale)."""
+        return self in (StopReason.NAN_LOSS, StopReason.TEXT_SCALE_EXPLODED)
+
+
+class Status(str, Enum):
+    """How a trial of a search ended (or that it has not ended), as the analysis reports it."""
+
+    COMPLETED = "completed"
+    STOPPED_BY_SCHEDULER = "stopped_by_scheduler"
+    DIVERGED = "diverged"
+    CONFIG_ERROR = "config_error"
+    ERRORED = "errored"
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def label(self) -> str:
+        return self.value.replace("_", " ")
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def experiment_dir(storage: str, name: str) -> str:
+    """The experiment folder (or URI) of search ``name`` under ``storage``."""
+    return f"{storage.rstrip('/')}/{name}" if is_uri(storage) else str(Path(storage).expanduser().resolve() / name)
+
+
+def study_path(exp_dir: str) -> Path:
+    """The persisted Optuna study: in the experiment directory, or, for s3:// or gs:// storage, in a local folder
+    named by a hash of the experiment's URI (SQLite needs a local file)."""
+    if not is_uri(exp_dir):
+        return Path(exp_dir) / STUDY_FILE
+    key = hashlib.sha256(exp_dir.rstrip("/").encode()).hexdigest()[:16]
+    return Path("~/.cache/tune-fusion/studies").expanduser() / key / STUDY_FILE

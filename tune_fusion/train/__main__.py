@@ -1,0 +1,84 @@
+"""``python -m tune_fusion.train``: one training run without Ray, with the original research scripts' flags.
+
+Writes to ``<output_dir>/<target>/``: ``config.json``, ``best_val_model.pt`` (best-by-validation weights under
+``model``), ``last_checkpoint.pt`` (to ``--resume``), ``history_train.json`` / ``history_val.json``, and, after
+training, ``test_predictions.csv`` and ``metrics.json`` from the best checkpoint evaluated once on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tune_fusion.cli import add_config_options, config_overrides, run
+from tune_fusion.config import Config, check_same_run, read_config_file
+from tune_fusion.data import prepare
+from tune_fusion.data.sources import published_layout
+from tune_fusion.errors import ConfigError, DataError
+from tune_fusion.train import fit, save_checkpoint, test_once
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="python -m tune_fusion.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--config", help="JSON or YAML file of options; command-line flags override it")
+    parser.add_argument("--root_dir", "--root-dir", help="with --dataset jarvis: folder of the published layout")
+    parser.add_argument("--resume", nargs="?", const="True", default="False",
+                        help="continue from <output_dir>/<target>/last_checkpoint.pt")
+    add_config_options(parser, ["data", "model", "train"])
+    args = parser.parse_args(argv)
+    values = read_config_file(args.config) if args.config else {}
+    values.update(config_overrides(args))
+    cfg = Config.from_dict(values, source=args.config or "command line")
+    if args.root_dir or cfg.data.dataset in {"jarvis", "mp"}:
+        if not args.root_dir:
+            raise ConfigError("--dataset jarvis needs --root_dir DIR holding jarvis/<property>/description.csv")
+        cfg = cfg.replace({"dataset": published_layout(args.root_dir, cfg.data.target)})
+    return cfg, args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg, args = parse_args(argv)
+    out = Path(cfg.train.output_dir).expanduser() / cfg.data.target
+    resume = None
+    if str(args.resume).lower() in {"true", "1", "yes"}:
+        last = out / "last_checkpoint.pt"
+        if not last.is_file():
+            raise DataError(f"--resume: {last} does not exist; run once without --resume first")
+        resume = torch.load(last, map_location="cpu", weights_only=True)
+        check_same_run(cfg, resume["config"], last)
+    data, _ = prepare(cfg.data)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    def on_epoch(metrics: dict[str, Any], state) -> None:
+        ckpt = state.checkpoint()
+        save_checkpoint(ckpt, out / "last_checkpoint.pt")
+        if state.best_epoch == state.epoch:
+            save_checkpoint({**ckpt, "model": ckpt["best_model"]}, out / "best_val_model.pt")
+
+    trained = fit(cfg, data, on_epoch=on_epoch, checkpoint=resume)
+    history = trained.history
+    (out / "history_train.json").write_text(json.dumps([{k: v for k, v in h.items() if not k.startswith("val")}
+                                                        for h in history], indent=1))
+    (out / "history_val.json").write_text(json.dumps([{"epoch": h["epoch"], "val_mae": h["val_mae"],
+                                                       "val_rmse": h["val_rmse"]} for h in history], indent=1))
+    metrics = {"best_epoch": trained.best_epoch, "val_mae": trained.best_val_mae, "stop_reason": trained.stop_reason,
+               "epochs_run": trained.epoch}
+    test = test_once(trained, out)  # once, with the best-by-validation weights
+    metrics.update({k: v for k, v in test.items() if k.startswith("test_")})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("best val_mae %.4f at epoch %d; test (evaluated once) %s; outputs in %s", trained.best_val_mae,
+             trained.best_epoch, metrics.get("test_mae"), out)
+    return metrics
+
+
+if __name__ == "__main__":
+    run(main)
