@@ -25,7 +25,7 @@ from tune_fusion import analysis
 from tune_fusion.data import make_loader
 from tune_fusion.diagnostics import compare, diagnose, first_of_split, scale_text
 from tune_fusion.errors import DataError
-from tune_fusion.export import load_checkpoint, open_run
+from tune_fusion.export import load_checkpoint, open_model
 
 pytestmark = pytest.mark.slow
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -41,14 +41,14 @@ def analysed(experiment, tmp_path_factory):
     """One full analysis, counting test-split evaluations."""
     out = tmp_path_factory.mktemp("analysis")
     calls = []
-    real = analysis.evaluate
+    real = analysis.test_once
 
-    def counting(run, split="test", state=None):
-        calls.append(split)
-        return real(run, split, state)
+    def counting(trained, folder):
+        calls.append("test")
+        return real(trained, folder)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(analysis, "evaluate", counting)
+        patch.setattr(analysis, "test_once", counting)
         summary = analysis.analyze(experiment, out / "report", diagnose=2, export=out / "export", device="cpu")
     return summary, Path(summary["output"]), out / "export", calls
 
@@ -135,18 +135,16 @@ def test_importance_is_a_table_or_a_note(analysed):
 
 def test_diagnostics_agree_with_a_hand_computation(fused_checkpoint):
     ckpt = load_checkpoint(fused_checkpoint)
-    run = open_run(ckpt, fused_checkpoint, device="cpu")
+    run = open_model(ckpt, fused_checkpoint, device="cpu")
     chosen = first_of_split(run.data, "val", 8)
-    found = diagnose(run, chosen, batch_size=8)
-    batch = next(iter(make_loader(run.data, "val", 8, run.standardizer)))
+    found = diagnose(run, chosen)
+    batch = next(iter(make_loader(run.data, "val", 8, run.standardizer, text_vector=run.cfg.data.text_vector)))
     assert batch.index.tolist() == chosen.tolist()
     run.model.eval()
     run.model.set_record_diagnostics(True)
     with torch.no_grad():
         prediction = run.model(batch).prediction
-    offsets = np.cumsum([0] + [g.num_nodes() for g in run.data.graphs])
-    z = np.concatenate([run.data.tensors["atomic_numbers"][offsets[i]:offsets[i + 1]].numpy()
-                        for i in batch.index.tolist()])
+    z = batch.atomic_numbers.numpy()
     assert found.summary["crystals"] == len(chosen) and found.summary["atoms"] == len(z)
     assert found.summary["val_mae"] == pytest.approx(
         float(((prediction - batch.target).abs() * run.standardizer.std).mean()), rel=1e-5)
@@ -171,7 +169,7 @@ def test_diagnostics_agree_with_a_hand_computation(fused_checkpoint):
             assert element["mean"] == pytest.approx(alpha[z == number].mean(), rel=1e-5)
             assert element["atoms"] == (z == number).sum()
         np.testing.assert_allclose(found.arrays[f"alpha_{name}"], alpha, rtol=1e-6)
-        crystal_alpha = [alpha[np.repeat(np.arange(len(chosen)), batch.graph.batch_num_nodes().numpy()) == i].mean()
+        crystal_alpha = [alpha[np.repeat(np.arange(len(chosen)), batch.atoms_per_crystal.numpy()) == i].mean()
                          for i in range(len(chosen))]
         np.testing.assert_allclose(found.arrays[f"crystal_alpha_{name}"], crystal_alpha, rtol=1e-5)
 
@@ -209,8 +207,9 @@ import csv, gzip, json, sys
 import numpy as np
 from tune_fusion.config import SAMPLE_DATASET
 from tune_fusion.export import load_model
-model_path, predictions_csv, descriptions_json = sys.argv[1:4]
-texts = json.load(open(descriptions_json))
+model_path, predictions_csv, cache = sys.argv[1:4]
+from tune_fusion.data import load
+texts = load(cache).descriptions()
 rows = list(csv.DictReader(open(predictions_csv)))
 records = {r["jid"]: r for r in json.load(gzip.open(SAMPLE_DATASET, "rt"))}
 items = [{**records[r["jid"]], "description": texts[r["jid"]]} for r in rows]
@@ -226,7 +225,7 @@ def test_export_reloads_in_a_fresh_process_and_reproduces_its_predictions(analys
     assert exported["dataset_fingerprint"] == prepared.fingerprint and exported["split_ids"] == prepared.split_ids()
     assert json.loads((export_dir / "config.json").read_text()) == exported["config"]
     done = subprocess.run([sys.executable, "-c", PREDICT, str(export_dir / "best_model.pt"),
-                           str(out / "test_predictions.csv"), str(prepared.path / "descriptions.json")],
+                           str(out / "test_predictions.csv"), str(prepared.path)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     predicted = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -307,4 +306,4 @@ def test_bad_inputs_give_one_line_errors(experiment, tmp_path, capsys):
     with pytest.raises(DataError, match="weights do not fit"):
         ckpt = load_checkpoint(analysis.best_trial(analysis.read_trials(experiment), experiment).checkpoint)
         ckpt["best_model"] = {k: v for k, v in list(ckpt["best_model"].items())[:-1]}
-        open_run(ckpt, "edited.pt", device="cpu")
+        open_model(ckpt, "edited.pt", device="cpu")

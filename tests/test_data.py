@@ -143,18 +143,45 @@ def test_split_reproducible_disjoint_and_sized():
 # --- cache ---------------------------------------------------------------------------------------------------
 
 def test_prepared_cache_contents(prepared):
-    n = len(prepared.ids)
-    assert n == 60 and len(prepared.graphs) == len(prepared.line_graphs) == n
+    n = len(prepared)
+    assert n == 60 and len(prepared.ids) == n and prepared.targets.dtype == torch.float64
     assert prepared.atom_feature_dim == 92 and prepared.text_dim == 384
-    assert prepared.tensors["text"].shape == (n, 384)
-    offsets = prepared.tensors["sentence_offsets"]
-    assert offsets[0] == 0 and offsets[-1] == len(prepared.tensors["sentences"]) and (offsets.diff() >= 1).all()
     assert sum(len(prepared.split(s)) for s in ("train", "val", "test")) == n
-    assert prepared.graphs[0].ndata["atom_features"].dtype == torch.float32
-    assert "h" in prepared.line_graphs[0].edata
+    graph_shards, text_shards = prepared.meta["graph_shards"], prepared.meta["text_shards"]
+    assert all(p.startswith("graphs-") for p in graph_shards) and all(p.startswith("texts-") for p in text_shards)
+    assert sum(len(prepared.graphs[s]) for s in range(len(graph_shards))) >= n
+    text = prepared.texts[0]
+    offsets = text.arrays["sentence_offsets"]
+    assert offsets[0] == 0 and offsets[-1] == len(text.arrays["sentences"]) and (np.diff(offsets) >= 1).all()
+    assert isinstance(prepared.arrays["targets"], np.memmap)  # mapped, not read into the process
     assert prepared.meta["counts"]["text"]["stored"] == n  # the shipped descriptions: nothing generated
-    texts = json.loads((prepared.path / "descriptions.json").read_text())
+    texts = prepared.descriptions()
     assert "np.int64" not in " ".join(texts.values()) and len(texts) == n
+
+
+def test_batches_are_the_jarvis_graphs_bit_for_bit(prepared, sample_records):
+    """What a batch holds is exactly what jarvis-tools builds for those crystals (float32, as the model reads it)."""
+    from jarvis.core.graphs import Graph
+
+    loader = make_loader(prepared, "val", batch_size=6, standardizer=Standardizer(0.0, 1.0))
+    batch = next(iter(loader))
+    by_id = {r["jid"]: r for r in sample_records}
+    atom, bond, pair = 0, 0, 0
+    for i in batch.index.tolist():
+        g, lg = Graph.atom_dgl_multigraph(Atoms.from_dict(by_id[str(prepared.ids[i])]["atoms"]), cutoff=8.0,
+                                          max_neighbors=12, atom_features="cgcnn", compute_line_graph=True)
+        n, e, t = g.num_nodes(), g.num_edges(), lg.num_edges()
+        assert torch.equal(batch.atom_features[atom : atom + n], g.ndata["atom_features"].float())
+        assert torch.equal(batch.bond_vectors[bond : bond + e], g.edata["r"].float())
+        assert torch.equal(batch.angle_cosines[pair : pair + t], lg.edata["h"].float())
+        src, dst = g.edges()
+        assert torch.equal(batch.edge_src[bond : bond + e], src + atom)
+        assert torch.equal(batch.edge_dst[bond : bond + e], dst + atom)
+        lsrc, ldst = lg.edges()
+        assert torch.equal(batch.angle_src[pair : pair + t], lsrc + bond)
+        assert torch.equal(batch.angle_dst[pair : pair + t], ldst + bond)
+        atom, bond, pair = atom + n, bond + e, pair + t
+    assert (atom, bond, pair) == (len(batch.atom_features), len(batch.edge_src), len(batch.angle_src))
 
 
 def test_second_prepare_builds_nothing_and_settings_change_the_key(prepared, cache_dir):
@@ -164,6 +191,41 @@ def test_second_prepare_builds_nothing_and_settings_change_the_key(prepared, cac
     other = cache_mod.cache_path(tiny_config(cache_dir, split_seed=5).data)
     assert other != prepared.path
     assert cache_mod.cache_path(tiny_config(cache_dir, cutoff=6.0).data) not in (other, prepared.path)
+
+
+def test_a_second_target_reuses_every_graph_and_embedding(prepared, cache_dir):
+    shards_before = sorted(p.name for p in cache_dir.glob("*/shard-*"))
+    other, built = prepare(tiny_config(cache_dir, target="optb88vdw_bandgap").data)
+    assert built and other.path != prepared.path
+    assert other.meta["counts"]["text"]["embedded_now"] == 0
+    assert other.meta["graph_shards"] == prepared.meta["graph_shards"]
+    assert sorted(p.name for p in cache_dir.glob("*/shard-*")) == shards_before  # nothing new was stored
+
+
+def test_a_description_seen_twice_is_embedded_once(tmp_path, sample_records):
+    rows = [{**r, "description": "Si is diamond structured."} if i < 3 else r for i, r in enumerate(sample_records[:8])]
+    data, _ = prepare(DataConfig(dataset=str(write_json(tmp_path / "d.json", rows)), cache_dir=str(tmp_path / "c"),
+                                 n_val=1, n_test=1))
+    text = data.meta["counts"]["text"]
+    assert text["distinct"] == text["embedded_now"] == 6 and len(data) == 8
+    refs = data.arrays["text_ref"]
+    assert (refs[0] == refs[1]).all() and (refs[1] == refs[2]).all() and not (refs[2] == refs[3]).all()
+
+
+def test_an_old_cache_is_refused_in_one_line(tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps({"version": 1, "key": "abc"}))
+    with pytest.raises(DataError, match="cache version 1, expected 2.*prepare it again"):
+        cache_mod.load(tmp_path)
+
+
+def test_concurrent_openers_read_the_same_batches(prepared):
+    script = ("import sys, json; import tune_fusion; from tune_fusion.data import load, make_loader, Standardizer; "
+              f"d = load({str(prepared.path)!r}); b = next(iter(make_loader(d, 'train', 16, Standardizer(0.0, 1.0)))); "
+              "print(json.dumps([b.index.tolist(), float(b.angle_cosines.sum()), float(b.text.sum())]))")
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
+             for _ in range(3)]
+    outputs = {p.communicate(timeout=300)[0].strip().splitlines()[-1] for p in procs}
+    assert len(outputs) == 1 and all(p.returncode == 0 for p in procs)
 
 
 def test_concurrent_prepare_builds_once(tmp_path):
@@ -191,23 +253,44 @@ def test_crash_mid_build_leaves_no_cache(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         prepare(cfg)
     path = cache_mod.cache_path(cfg)
-    assert not path.exists() and not list(tmp_path.glob(".building-*"))
+    assert not path.exists() and not list(tmp_path.rglob(".building-*"))
     with pytest.raises(DataError, match="not a prepared cache"):
         cache_mod.load(path)
+
+
+def test_a_crash_while_writing_a_shard_leaves_nothing_that_opens(tmp_path, monkeypatch):
+    from tune_fusion.data.arrays import FlatArrays
+
+    cfg = DataConfig(cache_dir=str(tmp_path), max_structures=10)
+    real_save = FlatArrays.save
+
+    def save_half_then_die(self, folder):
+        real_save(self, folder)
+        (folder / "keys.json").unlink()  # as if the process died before its last write
+        raise RuntimeError("simulated crash while writing a shard")
+
+    monkeypatch.setattr(FlatArrays, "save", save_half_then_die)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        prepare(cfg)
+    assert not list(tmp_path.rglob("shard-*")) and not list(tmp_path.rglob(".building-*"))
+    monkeypatch.setattr(FlatArrays, "save", real_save)
+    data, built = prepare(cfg)  # the next preparation builds everything and opens
+    assert built and len(data) == 10
 
 
 # --- batching ------------------------------------------------------------------------------------------------
 
 def test_batches_and_train_only_standardisation(prepared):
-    train = prepared.tensors["targets"][prepared.split("train")]
+    train = prepared.targets[prepared.split("train")]
     scaler = Standardizer.fit(train)
     assert scaler.mean == pytest.approx(float(train.mean()))
     loader = make_loader(prepared, "val", batch_size=4, standardizer=scaler)
     batch = next(iter(loader))
-    assert batch.graph.batch_size == batch.line_graph.batch_size == len(batch) == 4
+    assert len(batch.atoms_per_crystal) == len(batch) == 4
+    assert int(batch.atoms_per_crystal.sum()) == len(batch.atom_features) == len(batch.atomic_numbers)
     assert batch.text.shape == (4, 384) and batch.sentences.shape[:2] == batch.sentence_mask.shape
     assert batch.sentence_mask.any(dim=1).all()
-    truth = prepared.tensors["targets"][batch.index]
+    truth = prepared.targets[batch.index]
     assert torch.allclose(scaler.inverse(batch.target.double()), truth, atol=1e-5)
     assert set(batch.index.tolist()) <= set(prepared.split("val").tolist())
 
@@ -218,10 +301,9 @@ def test_text_cleaning_and_sentences():
     raw = "A sheet oriented in the (np.int64(1), np.int64(0), np.float64(-1.5)) direction. Bonds are 2.49 Å. Fe(1) is"
     cleaned = clean_text(raw)
     assert cleaned.startswith("A sheet oriented in the (1, 0, -1.5) direction.")
-    assert split_sentences(cleaned, 10) == ["A sheet oriented in the (1, 0, -1.5) direction.", "Bonds are 2.49 Å.",
-                                            "Fe(1) is"]
-    assert split_sentences("", 3) == ["No description."]
-    assert len(split_sentences(cleaned, 2)) == 2
+    assert split_sentences(cleaned) == ["A sheet oriented in the (1, 0, -1.5) direction.", "Bonds are 2.49 Å.",
+                                        "Fe(1) is"]
+    assert split_sentences("") == ["No description."]
 
 
 def test_shipped_descriptions_cover_the_sample_and_come_from_robocrys():
@@ -248,10 +330,14 @@ def test_generation_with_robocrys_on_real_structures(tmp_path, sample_records):
 
 def test_embeddings_are_real_and_aligned():
     out = embed_texts(["NaCl is rock salt structured. Na(1) is bonded to six Cl(1) atoms.", "Si is diamond."],
-                      "all-minilm-l6-v2", max_sentences=8)
+                      "all-minilm-l6-v2").arrays
     assert out["text"].shape == (2, 384) and out["sentence_offsets"].tolist() == [0, 2, 3]
-    assert torch.allclose(out["text"].norm(dim=1), torch.ones(2), atol=1e-4)
-    assert not torch.allclose(out["sentences"][0], out["sentences"][1])
+    np.testing.assert_allclose(np.linalg.norm(out["text"], axis=1), 1.0, atol=1e-4)
+    assert not np.allclose(out["sentences"][0], out["sentences"][1])
+    # the sentence-mean vector: the normalised mean of the text's own sentence vectors
+    mean = out["sentences"][:2].mean(axis=0)
+    np.testing.assert_allclose(out["text_mean"][0], mean / np.linalg.norm(mean), atol=1e-6)
+    np.testing.assert_allclose(out["text_mean"][1], out["sentences"][2], atol=1e-6)  # one sentence: itself
 
 
 # --- errors --------------------------------------------------------------------------------------------------

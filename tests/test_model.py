@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import gzip
 import json
-from types import SimpleNamespace
 
-import dgl
+import numpy as np
 import pytest
 import torch
 
 import tune_fusion  # noqa: F401  (must precede dgl: installs the graphbolt stub)
 from tune_fusion.config import SAMPLE_DATASET, Config, ModelConfig
+from tune_fusion.data import Batch
+from tune_fusion.data.arrays import CrystalGraph
+from tune_fusion.data.batching import graph_tensors
+from tune_fusion.data.graphs import build_graph
 from tune_fusion.errors import DataError
 from tune_fusion.model import ALIGNNEncoder, FusionNetwork, contrastive_loss, pad_by_graph
 
@@ -26,10 +29,9 @@ def model_config(**overrides) -> ModelConfig:
 
 
 @pytest.fixture(scope="module")
-def crystals() -> list[tuple[dgl.DGLGraph, dgl.DGLGraph]]:
-    """Five small crystals (2-4 atoms, distinct sizes first) as (graph, line graph), features float32."""
+def crystals() -> list[tuple[CrystalGraph, np.ndarray]]:
+    """Five small real crystals (2-4 atoms, distinct sizes first) as (graph arrays, atom features)."""
     from jarvis.core.atoms import Atoms
-    from jarvis.core.graphs import Graph
 
     with gzip.open(SAMPLE_DATASET, "rt") as handle:
         records = json.load(handle)
@@ -37,49 +39,41 @@ def crystals() -> list[tuple[dgl.DGLGraph, dgl.DGLGraph]]:
     chosen = [r for r in by_size if 2 <= len(r["atoms"]["elements"]) <= 4]
     first = [next(r for r in chosen if len(r["atoms"]["elements"]) == n) for n in (2, 3, 4)]
     chosen = first + [r for r in chosen if r not in first][:2]
-    out = []
-    for record in chosen:
-        g, lg = Graph.atom_dgl_multigraph(
-            Atoms.from_dict(record["atoms"]), cutoff=8.0, max_neighbors=12, atom_features="cgcnn",
-            compute_line_graph=True,
-        )
-        g.ndata["atom_features"] = g.ndata["atom_features"].float()
-        g.edata["r"] = g.edata["r"].float()
-        lg.edata["h"] = lg.edata["h"].float()
-        out.append((g, lg))
-    return out
+    return [build_graph(Atoms.from_dict(record["atoms"]), 8.0, 12, "cgcnn") for record in chosen]
 
 
-def make_batch(crystals, seed: int = 0, pad_value: float = 0.0) -> SimpleNamespace:
-    """Batch of the given (g, lg) pairs with random text; the last sentence of crystal 0 is padding."""
+def make_batch(crystals, seed: int = 0, pad_value: float = 0.0) -> Batch:
+    """Batch of the given crystals with random text; the last sentence of crystal 0 is padding."""
     gen = torch.Generator().manual_seed(seed)
     n = len(crystals)
     mask = torch.ones(n, SENTENCES, dtype=torch.bool)
     mask[0, -1] = False
     sentences = torch.randn(n, SENTENCES, TEXT_DIM, generator=gen)
     sentences[~mask] = pad_value
-    return SimpleNamespace(
-        graph=dgl.batch([c[0] for c in crystals]),
-        line_graph=dgl.batch([c[1] for c in crystals]),
-        text=torch.randn(n, TEXT_DIM, generator=gen),
-        sentences=sentences,
-        sentence_mask=mask,
-        target=torch.randn(n, generator=gen),
-    )
+    table = np.zeros((119, 92), dtype=np.float32)
+    for crystal, features in crystals:
+        table[crystal.z] = features
+    return Batch(**graph_tensors([c for c, _ in crystals], table), text=torch.randn(n, TEXT_DIM, generator=gen),
+                 sentences=sentences, sentence_mask=mask, target=torch.randn(n, generator=gen),
+                 index=torch.arange(n))
 
 
-def test_jarvis_field_names(crystals):
-    g, lg = crystals[0]
-    assert g.ndata["atom_features"].shape[1] == 92
-    assert g.edata["r"].shape == (g.num_edges(), 3)
-    assert lg.num_nodes() == g.num_edges() and lg.edata["h"].shape == (lg.num_edges(),)
+def test_jarvis_graphs_as_arrays(crystals):
+    crystal, features = crystals[0]
+    assert features.shape == (len(crystal.z), 92) and crystal.bond_vectors.shape == (len(crystal.edge_src), 3)
+    assert len(crystal.angle_src) == len(crystal.angle_cosines) and (np.abs(crystal.angle_cosines) <= 1 + 1e-6).all()
+    # line-graph edges join bonds that meet at an atom: bond i -> j followed by bond j -> k
+    assert (crystal.edge_dst[crystal.angle_src] == crystal.edge_src[crystal.angle_dst]).all()
+    batch = make_batch(crystals[:2])
+    first = len(crystals[0][0].z)
+    assert batch.edge_src[len(crystal.edge_src):].min() >= first  # the second crystal's indices are shifted
 
 
 @pytest.mark.parametrize("overrides", [{"graph_only": True}, {"use_middle_fusion": True, "middle_fusion_layers": "0,1"}])
 def test_output_shapes(crystals, overrides):
     cfg = model_config(use_contrastive=True, **overrides)
     batch = make_batch(crystals)
-    out = FusionNetwork(cfg, text_dim=TEXT_DIM)(batch)
+    out = FusionNetwork(cfg, 92, TEXT_DIM)(batch)
     b = len(crystals)
     assert out.prediction.shape == (b,)
     assert out.graph_repr.shape == (b, 16)
@@ -107,7 +101,7 @@ COMBINATIONS = [
 def test_one_optimizer_step(crystals, overrides):
     torch.manual_seed(0)
     cfg = model_config(**overrides)
-    model = FusionNetwork(cfg, text_dim=TEXT_DIM)
+    model = FusionNetwork(cfg, 92, TEXT_DIM)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     batch = make_batch(crystals)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -122,7 +116,7 @@ def test_one_optimizer_step(crystals, overrides):
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     alphas = model.alpha_stats()
     assert set(alphas) == {f"layer_{i}" for i in cfg.fusion_layer_indices}
-    n = batch.graph.num_nodes()
+    n = batch.atom_features.shape[0]
     for alpha in alphas.values():
         assert alpha.shape == (n,) and not alpha.requires_grad
         assert bool(((alpha > 0) & (alpha < 1)).all())
@@ -134,7 +128,7 @@ def test_one_optimizer_step(crystals, overrides):
 def test_text_scale_gradient_only_when_learnable(crystals, learnable):
     cfg = model_config(use_middle_fusion=True, middle_fusion_layers="1", middle_fusion_use_learnable_scale=learnable,
                        middle_fusion_initial_scale=0.5)
-    model = FusionNetwork(cfg, text_dim=TEXT_DIM)
+    model = FusionNetwork(cfg, 92, TEXT_DIM)
     scale = model.middle_fusion_modules["layer_1"].text_scale
     assert "middle_fusion_modules.layer_1.text_scale" in model.state_dict()
     assert float(model.text_scales()["layer_1"]) == 0.5
@@ -148,9 +142,8 @@ def test_text_scale_gradient_only_when_learnable(crystals, learnable):
 
 
 def test_graph_only_shares_encoder_and_has_no_text_parameters():
-    graph_only = FusionNetwork(model_config(graph_only=True, use_middle_fusion=True), text_dim=TEXT_DIM)
-    fusion = FusionNetwork(model_config(use_middle_fusion=True, middle_fusion_layers="1", use_contrastive=True),
-                           text_dim=TEXT_DIM)
+    graph_only = FusionNetwork(model_config(graph_only=True, use_middle_fusion=True), 92, TEXT_DIM)
+    fusion = FusionNetwork(model_config(use_middle_fusion=True, middle_fusion_layers="1", use_contrastive=True), 92, TEXT_DIM)
     assert type(graph_only.encoder) is type(fusion.encoder) is ALIGNNEncoder
     encoder_keys = [k for k in fusion.state_dict() if k.startswith("encoder.")]
     assert encoder_keys == [k for k in graph_only.state_dict() if k.startswith("encoder.")]
@@ -160,7 +153,7 @@ def test_graph_only_shares_encoder_and_has_no_text_parameters():
 
 
 def test_graph_only_ignores_text(crystals):
-    model = FusionNetwork(model_config(graph_only=True), text_dim=TEXT_DIM).eval()
+    model = FusionNetwork(model_config(graph_only=True), 92, TEXT_DIM).eval()
     batch = make_batch(crystals)
     first = model(batch).prediction
     batch.text, batch.sentences = torch.randn(5, 7), None
@@ -168,39 +161,38 @@ def test_graph_only_ignores_text(crystals):
 
 
 def test_middle_fusion_key_for_layer_2():
-    model = FusionNetwork(model_config(alignn_layers=3, use_middle_fusion=True, middle_fusion_layers="2"),
-                          text_dim=TEXT_DIM)
+    model = FusionNetwork(model_config(alignn_layers=3, use_middle_fusion=True, middle_fusion_layers="2"), 92, TEXT_DIM)
     assert "middle_fusion_modules.layer_2.text_scale" in model.state_dict()
     assert list(model.text_scales()) == ["layer_2"]
     assert isinstance(model.middle_fusion_modules["layer_2"].text_transform[-1], torch.nn.Linear)
 
 
 def test_middle_fusion_diagnostics(crystals):
-    model = FusionNetwork(model_config(use_middle_fusion=True, middle_fusion_layers="0"), text_dim=TEXT_DIM).eval()
+    model = FusionNetwork(model_config(use_middle_fusion=True, middle_fusion_layers="0"), 92, TEXT_DIM).eval()
     model.set_record_diagnostics(True)
     batch = make_batch(crystals)
     model(batch)
     diag = model.middle_fusion_modules["layer_0"].last_diagnostics
-    n = batch.graph.num_nodes()
+    n = batch.atom_features.shape[0]
     assert {k: tuple(v.shape) for k, v in diag.items()} == {k: (n, 16) for k in ("h_in", "u", "gate", "h_out")}
     assert not torch.allclose(diag["h_in"], diag["h_out"])
     # u is one text vector per crystal, repeated over that crystal's atoms
-    first_two = batch.graph.batch_num_nodes()[0]
+    first_two = batch.atoms_per_crystal[0]
     assert torch.equal(diag["u"][0], diag["u"][first_two - 1]) and not torch.equal(diag["u"][0], diag["u"][-1])
 
 
 def test_cross_modal_attention_is_real(crystals):
     torch.manual_seed(0)
-    model = FusionNetwork(model_config(use_cross_modal=True, cross_modal_dropout=0.0), text_dim=TEXT_DIM)
+    model = FusionNetwork(model_config(use_cross_modal=True, cross_modal_dropout=0.0), 92, TEXT_DIM)
     batch = make_batch(crystals, seed=1)
     model(batch).prediction.sum().backward()
     attention = model.cross_modal.last_attention
     a2s, s2a = attention["atoms_to_sentences"], attention["sentences_to_atoms"]
-    n_max = int(batch.graph.batch_num_nodes().max())
+    n_max = int(batch.atoms_per_crystal.max())
     assert a2s.shape == (5, n_max, SENTENCES) and s2a.shape == (5, SENTENCES, n_max)
     assert torch.allclose(a2s.sum(-1), torch.ones(5, n_max), atol=1e-5)
     assert torch.all(a2s[0, :, -1] == 0)  # padded sentence gets no weight
-    counts = batch.graph.batch_num_nodes()
+    counts = batch.atoms_per_crystal
     for b, n in enumerate(counts.tolist()):  # padded atoms get no weight
         assert torch.all(s2a[b, :, n:] == 0)
     real = a2s[1:, :2, :]  # crystals 1.. have 3 real sentences and >= 2 atoms
@@ -226,7 +218,7 @@ def test_padding_does_not_leak(crystals):
     """A crystal's prediction is the same alone or next to a bigger crystal and garbage in padded sentences."""
     torch.manual_seed(0)
     cfg = model_config(use_middle_fusion=True, middle_fusion_layers="0,1", use_cross_modal=True)
-    model = FusionNetwork(cfg, text_dim=TEXT_DIM)
+    model = FusionNetwork(cfg, 92, TEXT_DIM)
     model(make_batch(crystals))  # one training-mode pass so BatchNorm running stats are not the defaults
     model.eval()
     small, big = crystals[0], crystals[2]  # 2 and 4 atoms
@@ -248,7 +240,7 @@ def test_contrastive_loss():
 
 
 def test_text_dim_mismatch_is_clear(crystals):
-    model = FusionNetwork(model_config(), text_dim=TEXT_DIM)
+    model = FusionNetwork(model_config(), 92, TEXT_DIM)
     batch = make_batch(crystals)
     batch.text = batch.text[:, :100]
     with pytest.raises(DataError, match="text_dim=384"):

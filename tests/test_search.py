@@ -132,43 +132,6 @@ def test_resume_after_the_driver_is_killed(tmp_path, cache_dir, prepared):
     assert "best validation MAE" in output
 
 
-def test_two_node_cluster_survives_losing_a_worker_node(tmp_path, cache_dir, prepared):
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
-    space = write_space(tmp_path / "cluster.yaml", cache_dir, num_samples=4, epochs=4, max_structures=120)
-    exp_dir = tmp_path / "results" / "cluster"
-    driver = run_search_cli("--space", str(space), "--storage", str(tmp_path / "results"), "--address",
-                            cluster.address)
-    try:
-        victim = nodes[0]
-
-        def trial_on_victim_with_checkpoint():
-            for name, rows in trial_rows(exp_dir).items():
-                if rows and rows[-1]["node_id"] == victim.node_id and not rows[-1]["trial_finished"]:
-                    return name
-            return None
-
-        name = wait_for(trial_on_victim_with_checkpoint, 300, "a checkpointed trial on the worker node", driver)
-        cluster.remove_node(victim)  # the worker node dies mid-trial
-        cluster.add_node(num_cpus=1)  # a replacement joins
-        output = driver.communicate(timeout=600)[0]
-        assert driver.returncode == 0, output[-3000:]
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        cluster.shutdown()
-    rows = trial_rows(exp_dir)
-    assert len(rows) == 4
-    assert len({r["node_id"] for trial in rows.values() for r in trial}) >= 2  # trials ran on several nodes
-    moved = rows[name]
-    assert moved[-1]["node_id"] != victim.node_id and moved[-1]["resumed_from_epoch"] >= 1
-    assert moved[-1]["trial_finished"] or moved[-1]["training_iteration"] < 4
-    assert [r["epoch"] for r in moved if r["node_id"] != victim.node_id][0] == moved[-1]["resumed_from_epoch"] + 1
-
-
 def test_trials_that_cannot_train_end_with_their_reason_and_the_search_goes_on(tmp_path, cache_dir, prepared):
     path = write_space(tmp_path / "faulty.yaml", cache_dir, num_samples=3, epochs=2, use_middle_fusion=True,
                        middle_fusion_layers="1", use_cross_modal=True, max_text_scale=2.0)

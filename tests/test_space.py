@@ -152,19 +152,6 @@ def test_run_search_cli_reports_bad_space_in_one_line_before_ray_starts(tmp_path
     assert "Ray" not in out.stdout
 
 
-def test_cluster_yaml_passes_rays_own_schema():
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    validate_config(prepare_config(config))
-    assert config["available_node_types"]["head"]["resources"] == {"CPU": 0}
-    text = (REPO / "cluster.yaml").read_text().lower()
-    assert "aws_secret" not in text and "password" not in text and "--dashboard-host=127.0.0.1" in text
-    broken = {**config, "max_workerz": 3}
-    with pytest.raises(Exception, match="max_workerz"):
-        validate_config(prepare_config(broken))
-
-
 def test_missing_space_file():
     with pytest.raises(ConfigError, match="search space nowhere.yaml not found"):
         load_spec(Path("nowhere.yaml"))

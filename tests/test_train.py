@@ -17,7 +17,7 @@ from tests.conftest import REPO, tiny_config
 from tune_fusion.config import SAMPLE_DATASET
 from tune_fusion.data import Standardizer, prepare
 from tune_fusion.errors import ConfigError
-from tune_fusion.train import evaluate, fit, parameter_groups, run_epoch, save_checkpoint, start_run
+from tune_fusion.train import fit, parameter_groups, save_checkpoint, start_run
 from tune_fusion.train.__main__ import main as train_main
 
 
@@ -53,7 +53,7 @@ def test_few_epochs_beat_the_mean_predictor(cache_dir):
                       hidden_features=32)
     data, _ = prepare(cfg.data)
     run = fit(cfg, data)
-    targets = data.tensors["targets"]
+    targets = data.targets
     mean_predictor = float((targets[data.split("val")] - targets[data.split("train")].mean()).abs().mean())
     assert run.best_val_mae < 0.8 * mean_predictor, (run.best_val_mae, mean_predictor)
 
@@ -91,13 +91,13 @@ def test_text_scale_beyond_bound_stops_with_a_reason(prepared, cache_dir):
 
 def test_nan_loss_stops_with_a_reason_instead_of_crashing(prepared, cache_dir):
     cfg = tiny_config(cache_dir, epochs=3, graph_only=True)
-    targets = prepared.tensors["targets"]
-    prepared.tensors["targets"] = targets.clone()
-    prepared.tensors["targets"][prepared.split("train")[0]] = float("nan")
+    targets = prepared.targets
+    prepared.targets = targets.clone()
+    prepared.targets[prepared.split("train")[0]] = float("nan")
     try:
         run = fit(cfg, prepared)
     finally:
-        prepared.tensors["targets"] = targets
+        prepared.targets = targets
     assert run.epoch == 1 and run.stop_reason.startswith("nan_loss")
 
 
@@ -106,17 +106,18 @@ def test_test_split_evaluated_with_best_weights(prepared, cache_dir):
     with torch.no_grad():  # the current weights are now far from the best ones
         for param in run.model.parameters():
             param.add_(torch.randn_like(param))
-    test = evaluate(run, "test")
+    best = run.best()
+    test = best.predict("test")
     assert test["crystals"] == len(prepared.split("test"))
     assert np.abs(test["prediction"] - test["target"]).mean() == pytest.approx(test["mae"], rel=1e-5)
-    assert test["target"] == pytest.approx(prepared.tensors["targets"][test["index"]].numpy())
-    assert evaluate(run, "val")["mae"] == pytest.approx(run.best_val_mae, rel=1e-5)  # best weights, not current
-    assert run_epoch(run, "val")["mae"] != pytest.approx(run.best_val_mae, rel=1e-3)
+    assert test["target"] == pytest.approx(prepared.targets[test["index"]].numpy())
+    assert best.predict("val")["mae"] == pytest.approx(run.best_val_mae, rel=1e-5)  # best weights, not current
+    assert run.predict("val")["mae"] != pytest.approx(run.best_val_mae, rel=1e-3)
 
 
 def test_target_statistics_come_from_the_training_split_only(prepared, cache_dir):
     run = start_run(tiny_config(cache_dir), prepared)
-    targets = prepared.tensors["targets"]
+    targets = prepared.targets
     assert run.standardizer == Standardizer.fit(targets[prepared.split("train")])
     assert run.standardizer != Standardizer.fit(targets)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from tune_fusion import diagnostics, plots
 from tune_fusion.errors import ConfigError, DataError
-from tune_fusion.export import export_best, load_checkpoint, open_run
+from tune_fusion.export import export_best, load_checkpoint, open_model
 from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, STUDY_FILE, Status, StopReason, is_uri, study_path
 from tune_fusion.report import format_table, write_report
 from tune_fusion.train import test_once
@@ -298,9 +298,9 @@ def _analyze_experiment(folder: Path, experiment: str, out: Path, top_k: int, di
     result: dict[str, Any] = {"table": rows, "table_text": format_table(rows), "figures": figures}
     best = best_trial(trials, folder)
     ckpt = load_checkpoint(best.checkpoint)
-    run = open_run(ckpt, best.checkpoint, device, cache_dir)
+    trained = open_model(ckpt, best.checkpoint, device, cache_dir)
     metrics = {"val_mae": float(ckpt["val_mae"]), "best_epoch": ckpt.get("best_epoch")}
-    test = test_once(run, out)  # the one test evaluation of the search
+    test = test_once(trained, out)  # the one test evaluation of the search
     if test:
         figures["parity"] = plots.parity(test["target"], test["prediction"], out / "parity_test.png",
                                          f"Best trial {best.trial_id}: test split (evaluated once)").name
@@ -316,7 +316,7 @@ def _analyze_experiment(folder: Path, experiment: str, out: Path, top_k: int, di
     if diagnose:
         chosen = [t for t in ranked if t.checkpoint is not None][:diagnose]
         found = {t.trial_id: diagnostics.diagnose_checkpoint(t.checkpoint, out / "diagnostics", t.trial_id, crystals,
-                                                             device, cache_dir, run.data) for t in chosen}
+                                                             device, cache_dir, trained.data) for t in chosen}
         figure = plots.fusion_summary(found, out / "diagnostics" / "fusion_summary.png")
         result["diagnostics"] = {"trials": found, "figure": f"diagnostics/{figure.name}" if figure else None}
     if export:

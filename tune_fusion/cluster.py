@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
-from collections.abc import Callable, Sequence
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -17,8 +21,9 @@ log = logging.getLogger(__name__)
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Start a fresh local Ray (``address`` None) or join a running cluster; True when this call started it.
 
-    A fresh local instance never joins a stale one left by a killed driver (``address="local"``). The dashboard,
-    when Ray runs one, binds to 127.0.0.1; Ray's token authentication stays as Ray sets it.
+    A fresh local instance never joins a stale one left by a killed driver (``address="local"``) and runs on the
+    loopback address. Joining a cluster uses Ray's token authentication (unless ``RAY_AUTH_MODE`` says otherwise):
+    the driver needs the cluster's token, like every node. The dashboard, when Ray runs one, binds to 127.0.0.1.
     """
     import ray
 
@@ -26,17 +31,67 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         return False
     kwargs: dict[str, Any] = {"configure_logging": True, "logging_level": logging.WARNING, "log_to_driver": True}
     if address is None:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
-    else:
-        _check_answers(address)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
+        return True
+    _check_answers(address)
+    _use_token_auth()
+    with _stderr_captured() as captured:  # Ray's C++ client logs every refused attempt; the user gets one line
         try:
             ray.init(address=address, **kwargs)
+        except ray.exceptions.AuthenticationError:
+            raise TuneFusionError(f"the Ray cluster at {address} needs its token and this machine has none: "
+                                  f"{TOKEN_HELP}") from None
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise TuneFusionError(
-                f"cannot join the Ray cluster at address {address}: {err}. Start it with `ray start --head` "
-                "(or `ray up cluster.yaml`) and check the address, or give no address for a local run"
-            ) from None
+            if "InvalidAuthToken" in captured():
+                raise TuneFusionError(f"the Ray cluster at {address} refused this driver's token: {TOKEN_HELP}"
+                                      ) from None
+            raise TuneFusionError(f"cannot join the Ray cluster at address {address}: "
+                                  f"{str(err).strip().splitlines()[0]}") from None
     return True
+
+
+@contextmanager
+def _stderr_captured() -> Iterator[Callable[[], str]]:
+    """Send this process's standard error (file descriptor 2, where C++ libraries write) to a temporary file for the
+    block; yields a function that returns what was written. On success the text is passed on unchanged."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        failed = False
+
+        def text() -> str:
+            sink.flush()
+            sink.seek(0)
+            return sink.read().decode(errors="replace")
+
+        try:
+            yield text
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                sys.stderr.write(text())
+
+
+TOKEN_HELP = ("export RAY_AUTH_MODE=token and the head's token (`ray get-auth-token` on the head prints it) as "
+              "RAY_AUTH_TOKEN, or copy it to ~/.ray/auth_token, as on every node")
+
+
+def _use_token_auth() -> None:
+    """Token mode for this driver unless ``RAY_AUTH_MODE`` is set (a Ray 2.60 cluster has it on by default)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    try:  # Ray's own switch: sets the variable and refreshes Ray's cached configuration
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+    except ImportError:  # another Ray: the variable alone
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _check_answers(address: str, timeout_s: float = 3.0) -> None:

@@ -36,6 +36,8 @@ TARGET_ALIASES = {
     "total_energy": "optb88vdw_total_energy",
     "shear_modulus": "shear_modulus_gv",
 }
+TEXT_VECTORS = ("sentence_mean", "truncated")
+GRAPH_BACKENDS = ("auto", "dgl", "torch")
 # Flag names of the original scripts that mean one of our options.
 KEY_ALIASES = {"property": "target"}
 
@@ -62,7 +64,10 @@ class DataConfig:
     atom_features: str = _opt("cgcnn", "jarvis-tools atom feature set (cgcnn: 92 features)", cache="graphs")
     text_encoder: str = _opt(DEFAULT_TEXT_ENCODER, "frozen sentence encoder: all-minilm-l6-v2 or a local model path",
                              cache="texts")
-    max_sentences: int = _opt(24, "sentences kept per description for the cross-modal attention", cache="view")
+    max_sentences: int = _opt(24, "sentences kept per description for the cross-modal attention")
+    text_vector: str = _opt("sentence_mean", "the crystal's text vector: sentence_mean (normalised mean of its sentence "
+                            "vectors: every sentence counts) or truncated (the whole text as one encoder input, cut at "
+                            "the encoder's 256 tokens, as the original scripts did)")
     max_structures: int = _opt(0, "use only the first N usable records (0 = all); for quick runs", cache="view")
     train_ratio: float = _opt(0.8, "fraction of records for training", cache="view")
     val_ratio: float = _opt(0.1, "fraction of records for validation (model selection)", cache="view")
@@ -123,6 +128,8 @@ class TrainConfig:
     max_text_scale: float = _opt(50.0, "stop the run when any |text_scale| exceeds this")
     random_seed: int = _opt(123, "seed of initialisation and batch order")
     num_workers: int = _opt(0, "DataLoader worker processes", place=True)
+    graph_backend: str = _opt("auto", "message passing: dgl (DGL's kernels, CPU only), torch (plain PyTorch, any "
+                              "device) or auto (dgl on CPU where DGL imports, torch elsewhere)", place=True)
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N", place=True,
                        not_searched="each trial uses the GPU Ray assigns it (resources.gpu), else the CPU")
     output_dir: str = _opt("./output/", "standalone training: where checkpoints and predictions go", place=True,
@@ -308,6 +315,7 @@ def validate(cfg: Config) -> None:
     _check(d.cutoff > 0, f"cutoff={d.cutoff} must be > 0 angstrom")
     _check(d.max_neighbors >= 1, f"max_neighbors={d.max_neighbors} must be >= 1")
     _check(d.max_sentences >= 1, f"max_sentences={d.max_sentences} must be >= 1")
+    _check(d.text_vector in TEXT_VECTORS, f"text_vector={d.text_vector!r} must be one of {', '.join(TEXT_VECTORS)}")
     for name in ("alignn_layers", "gcn_layers"):
         _check(getattr(m, name) >= 0, f"{name}={getattr(m, name)} must be >= 0")
     for name in ("hidden_features", "embedding_features", "edge_input_features", "triplet_input_features",
@@ -337,6 +345,8 @@ def validate(cfg: Config) -> None:
     _check(t.early_stopping_patience >= 0, f"early_stopping_patience={t.early_stopping_patience} must be >= 0")
     _check(t.max_text_scale > 0, f"max_text_scale={t.max_text_scale} must be > 0")
     _check(t.num_workers >= 0, f"num_workers={t.num_workers} must be >= 0")
+    _check(t.graph_backend in GRAPH_BACKENDS,
+           f"graph_backend={t.graph_backend!r} must be one of {', '.join(GRAPH_BACKENDS)}")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
            f"device={t.device!r} must be auto, cpu, cuda or cuda:N")
 

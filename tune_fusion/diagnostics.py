@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from jarvis.core.specie import atomic_numbers_to_symbols
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
 from tune_fusion import plots
-from tune_fusion.data import CrystalDataset, PreparedData
+from tune_fusion.data import Batch, PreparedData
 from tune_fusion.errors import DataError
-from tune_fusion.export import load_checkpoint, load_weights, open_run, plain_checkpoint, scaled_text_state
-from tune_fusion.train import Run, save_checkpoint
+from tune_fusion.export import load_checkpoint, load_weights, open_model, plain_checkpoint, scaled_text_state
+from tune_fusion.model import ModelOutput
+from tune_fusion.train import TrainedModel, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -71,52 +71,41 @@ def atom_measures(record: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             "alpha": record["gate"].mean(dim=1)}
 
 
-def _atom_offsets(data: PreparedData) -> torch.Tensor:
-    counts = torch.tensor([g.num_nodes() for g in data.graphs], dtype=torch.int64)
-    return torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
-
-
-def diagnose(run: Run, indices: torch.Tensor, batch_size: int | None = None) -> Diagnosis:
+def diagnose(trained: TrainedModel, indices: torch.Tensor) -> Diagnosis:
     """Run the model (eval mode, weights as loaded) over crystals ``indices`` recording every fused layer."""
-    model, data = run.model, run.data
-    dataset = CrystalDataset(data, indices, run.standardizer)
-    loader = DataLoader(dataset, batch_size=batch_size or run.cfg.train.batch_size, collate_fn=dataset.collate)
-    offsets, numbers = _atom_offsets(data), data.tensors["atomic_numbers"]
+    model, data = trained.model, trained.data
     per_atom: dict[str, dict[str, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
     crystal_alpha: dict[str, list[torch.Tensor]] = defaultdict(list)
-    errors, text_norms, atom_z = [], [], []
-    model.eval()
+    text_norms, atom_z, atom_counts = [], [], []
+
+    def record(batch: Batch, _output: ModelOutput) -> None:
+        text_norms.append(batch.text.norm(dim=1).cpu())
+        atom_z.append(batch.atomic_numbers.cpu())
+        counts = batch.atoms_per_crystal.tolist()
+        atom_counts.extend(counts)
+        for name, module in model.middle_fusion_modules.items():
+            for key, value in atom_measures(module.last_diagnostics).items():
+                per_atom[name][key].append(value.cpu())
+            alpha = per_atom[name]["alpha"][-1]
+            crystal_alpha[name].append(torch.stack([a.mean() for a in alpha.split(counts)]))
+
     model.set_record_diagnostics(True)
     try:
-        with torch.no_grad():
-            for batch in loader:
-                batch = batch.to(run.device)
-                prediction = model(batch).prediction
-                errors.append(((prediction - batch.target) * run.standardizer.std).double().cpu())
-                text_norms.append(batch.text.norm(dim=1).cpu())
-                atom_z += [numbers[offsets[i] : offsets[i + 1]] for i in batch.index.tolist()]
-                counts = batch.graph.batch_num_nodes().tolist()
-                for name, module in model.middle_fusion_modules.items():
-                    for key, value in atom_measures(module.last_diagnostics).items():
-                        per_atom[name][key].append(value.cpu())
-                    alpha = per_atom[name]["alpha"][-1]
-                    crystal_alpha[name].append(torch.stack([a.mean() for a in alpha.split(counts)]))
+        found = trained.predict(indices, hook=record)
     finally:
         model.set_record_diagnostics(False)
-    err = torch.cat(errors)
     z = torch.cat(atom_z)
-    counts = (offsets[indices + 1] - offsets[indices]).tolist()
-    arrays = {"jid": np.array([data.ids[i] for i in indices.tolist()]), "atom_z": z.numpy(),
-              "atom_crystal": np.repeat(np.arange(len(indices)), counts)}
+    arrays = {"jid": np.array([str(data.ids[i]) for i in found["index"]]), "atom_z": z.numpy(),
+              "atom_crystal": np.repeat(np.arange(len(atom_counts)), atom_counts)}
     layers = {}
     for name, measures in per_atom.items():
         values = {key: torch.cat(parts).double() for key, parts in measures.items()}
         layers[name] = _layer_summary(values, float(model.middle_fusion_modules[name].text_scale.detach()), z)
         arrays[f"alpha_{name}"] = values["alpha"].numpy()
         arrays[f"crystal_alpha_{name}"] = torch.cat(crystal_alpha[name]).double().numpy()
-    summary = {"split": "val", "crystals": len(indices), "atoms": int(z.numel()),
-               "val_mae": float(err.abs().mean()), "val_rmse": float(err.pow(2).mean().sqrt()),
-               "text_input_norm": float(torch.cat(text_norms).double().mean()), "layers": layers}
+    summary = {"split": "val", "crystals": found["crystals"], "atoms": int(z.numel()), "val_mae": found["mae"],
+               "val_rmse": found["rmse"], "text_input_norm": float(torch.cat(text_norms).double().mean()),
+               "layers": layers}
     return Diagnosis(summary, arrays)
 
 
@@ -155,20 +144,21 @@ def write_diagnosis(diagnosis: Diagnosis, out_dir: Path, tag: str, source: str) 
 def diagnose_checkpoint(path: str | Path, out_dir: Path, tag: str, crystals: int = 0, device: str = "auto",
                         cache_dir: str | None = None, data: PreparedData | None = None) -> dict[str, Any]:
     """Diagnose one checkpoint on its validation split (the first ``crystals`` when > 0) and write the results."""
-    run = open_run(load_checkpoint(path), path, device, cache_dir, data)
-    return write_diagnosis(diagnose(run, first_of_split(run.data, "val", crystals)), out_dir, tag, str(path))
+    trained = open_model(load_checkpoint(path), path, device, cache_dir, data)
+    return write_diagnosis(diagnose(trained, first_of_split(trained.data, "val", crystals)), out_dir, tag, str(path))
 
 
 def compare(path_a: str | Path, path_b: str | Path, out_dir: Path, crystals: int = 0, device: str = "auto",
             cache_dir: str | None = None) -> dict[str, Any]:
     """Two checkpoints side by side on the same validation crystals (those of ``path_a``, by id)."""
-    run_a = open_run(load_checkpoint(path_a), path_a, device, cache_dir)
-    indices_a = first_of_split(run_a.data, "val", crystals)
-    ids = [run_a.data.ids[i] for i in indices_a.tolist()]
-    a = write_diagnosis(diagnose(run_a, indices_a), out_dir, "A", str(path_a))
-    del run_a
-    run_b = open_run(load_checkpoint(path_b), path_b, device, cache_dir)
-    b = write_diagnosis(diagnose(run_b, indices_for_ids(run_b.data, ids, str(path_b))), out_dir, "B", str(path_b))
+    model_a = open_model(load_checkpoint(path_a), path_a, device, cache_dir)
+    indices_a = first_of_split(model_a.data, "val", crystals)
+    ids = [str(model_a.data.ids[i]) for i in indices_a.tolist()]
+    a = write_diagnosis(diagnose(model_a, indices_a), out_dir, "A", str(path_a))
+    del model_a
+    model_b = open_model(load_checkpoint(path_b), path_b, device, cache_dir)
+    b = write_diagnosis(diagnose(model_b, indices_for_ids(model_b.data, ids, str(path_b))), out_dir, "B",
+                        str(path_b))
     figure = plots.fusion_summary({"A": a, "B": b}, out_dir / "compare_fusion.png")
     result = {"crystals": len(ids), "val_mae_difference_b_minus_a": b["val_mae"] - a["val_mae"], "a": a, "b": b,
               "figure": figure.name if figure else None}
@@ -182,12 +172,12 @@ def scale_text(path: str | Path, factor: float, out_dir: Path, crystals: int = 0
     and diagnostics before and after, on the same crystals (``scale_text_x<factor>.json``)."""
     ckpt = load_checkpoint(path)
     state = scaled_text_state(ckpt, path, factor)
-    run = open_run(ckpt, path, device, cache_dir)
-    indices = first_of_split(run.data, "val", crystals)
-    before = write_diagnosis(diagnose(run, indices), out_dir, "before_scaling", str(path))
-    load_weights(run.model, state, path)
+    trained = open_model(ckpt, path, device, cache_dir)
+    indices = first_of_split(trained.data, "val", crystals)
+    before = write_diagnosis(diagnose(trained, indices), out_dir, "before_scaling", str(path))
+    load_weights(trained.model, state, path)
     scaled_path = out_dir / f"scaled_x{factor:g}.pt"
-    after = write_diagnosis(diagnose(run, indices), out_dir, f"scaled_x{factor:g}", str(scaled_path))
+    after = write_diagnosis(diagnose(trained, indices), out_dir, f"scaled_x{factor:g}", str(scaled_path))
     metrics = {"scale_factor": factor, "val_mae_before": before["val_mae"], "val_mae_after": after["val_mae"],
                "val_crystals": len(indices)}
     save_checkpoint({**plain_checkpoint(ckpt, state, metrics, path), "val_mae": after["val_mae"]}, scaled_path)

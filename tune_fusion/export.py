@@ -21,13 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 from jarvis.core.atoms import Atoms
+from torch.utils.data import DataLoader
 
 from tune_fusion import __version__
 from tune_fusion.config import Config
 from tune_fusion.data import CrystalDataset, PreparedData, Standardizer, prepare
+from tune_fusion.data.arrays import TextArrays
+from tune_fusion.data.embed import embed_texts
+from tune_fusion.data.graphs import build_chunk, graph_arrays
+from tune_fusion.data.text import describe
 from tune_fusion.errors import ConfigError, DataError
 from tune_fusion.model import FusionNetwork
-from tune_fusion.train import Run, pick_device, save_checkpoint, start_run
+from tune_fusion.train import TrainedModel, pick_device, place_model, predict, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +96,12 @@ def load_weights(model: FusionNetwork, state: Mapping[str, torch.Tensor], path: 
                         "was edited by hand") from None
 
 
-def open_run(ckpt: Mapping[str, Any], path: str | Path, device: str = "auto", cache_dir: str | None = None,
-             data: PreparedData | None = None) -> Run:
-    """A ``Run`` on the checkpoint's prepared data holding its best weights (``run.best_state``), ready for
-    ``tune_fusion.train.evaluate``. ``cache_dir`` points at the prepared caches when they moved; ``data`` reuses
-    data already open (checked against the checkpoint's fingerprint)."""
+def open_model(ckpt: Mapping[str, Any], path: str | Path, device: str = "auto", cache_dir: str | None = None,
+               data: PreparedData | None = None, graph_backend: str = "auto") -> TrainedModel:
+    """The checkpoint's best weights on its prepared data, ready to evaluate (``.predict(split)``). ``cache_dir``
+    points at the prepared caches when they moved; ``data`` reuses data already open (checked against the
+    checkpoint's fingerprint); ``graph_backend`` is the message-passing path here (either path runs any
+    checkpoint)."""
     cfg = checkpoint_config(ckpt, path)
     if cache_dir:
         cfg = cfg.replace({"cache_dir": cache_dir})
@@ -104,12 +110,10 @@ def open_run(ckpt: Mapping[str, Any], path: str | Path, device: str = "auto", ca
     if data.fingerprint != ckpt["dataset_fingerprint"]:
         raise DataError(f"checkpoint {path} was trained on prepared data {ckpt['dataset_fingerprint']}, but its "
                         f"settings now give {data.fingerprint} ({data.path}): the dataset file changed; analyse "
-                        "it with the original dataset (or point --cache-dir at the original cache)")
-    run = start_run(cfg, data, pick_device(device))
-    load_weights(run.model, weights(ckpt), path)
-    run.best_state = {k: v.to(run.device) for k, v in weights(ckpt).items()}
-    run.standardizer = Standardizer(**ckpt["standardizer"])
-    return run
+                        "it with the original dataset (or point the cache directory at the original cache)")
+    target = pick_device(device)
+    model = place_model(build_network(ckpt, path), target, graph_backend)
+    return TrainedModel(cfg, data, model, Standardizer(**ckpt["standardizer"]), target)
 
 
 def plain_checkpoint(ckpt: Mapping[str, Any], state: Mapping[str, torch.Tensor], metrics: Mapping[str, Any],
@@ -163,39 +167,44 @@ class FusionPredictor:
         self.network, self.cfg, self.standardizer, self.device = network.eval(), cfg, standardizer, device
 
     def predict(self, structures: Sequence[Any], batch_size: int = 64) -> np.ndarray:
-        """Predict for jarvis ``Atoms`` or dft_3d records (``atoms`` dict, optional ``description``); missing
-        descriptions are generated as in training (robocrystallographer, jarvis describer as fallback)."""
-        from tune_fusion.data.graphs import build_graph
-
+        """Predict for jarvis ``Atoms`` or dft_3d records (``atoms`` dict, optional ``description``). A missing
+        description is generated as in training (robocrystallographer, 1-5 s per structure; a warning says how
+        many); give ``description`` to skip that. Graph-only models need no text."""
+        if not len(structures):
+            return np.zeros(0)
         d = self.cfg.data
-        atoms, texts = zip(*(_as_atoms(s, i) for i, s in enumerate(structures))) if len(structures) else ((), ())
-        pairs = [build_graph(a, d.cutoff, d.max_neighbors, d.atom_features) for a in atoms]
-        tensors = self._text_tensors(list(atoms), list(texts))
-        tensors["targets"] = torch.zeros(len(pairs), dtype=torch.float64)
-        data = PreparedData(Path("."), {"ids": [str(i) for i in range(len(pairs))]}, [g for g, _ in pairs],
-                            [lg for _, lg in pairs], tensors)
-        dataset = CrystalDataset(data, torch.arange(len(pairs)), self.standardizer)
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(pairs), batch_size):
-                batch = dataset.collate(list(range(start, min(start + batch_size, len(pairs))))).to(self.device)
-                out.append(self.standardizer.inverse(self.network(batch).prediction.double()).cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0)
+        atoms, texts = zip(*(_as_atoms(s, i) for i, s in enumerate(structures)))
+        crystals, tables = build_chunk([a.to_dict() for a in atoms], d.cutoff, d.max_neighbors, d.atom_features)
+        bad = [i for i, c in enumerate(crystals) if isinstance(c, str)]
+        if bad:
+            raise DataError(f"structure {bad[0]} cannot become a graph ({crystals[bad[0]]}); predict() needs "
+                            "structures with at least one neighbour within the cutoff")
+        keys = [str(i) for i in range(len(crystals))]
+        data = PreparedData(Path("."), {"key": "predict"}, [graph_arrays(crystals, keys, [tables])],
+                            [self._text_arrays(list(atoms), list(texts))],
+                            {"ids": np.array(keys), "graph_ref": _rows(len(keys)), "text_ref": _rows(len(keys)),
+                             "split_all": np.arange(len(keys))}, torch.zeros(len(keys), dtype=torch.float64))
+        dataset = CrystalDataset(data, data.split("all"), self.standardizer, d.max_sentences, d.text_vector)
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
+        return predict(self.network, loader, self.device, self.standardizer)["prediction"]
 
-    def _text_tensors(self, atoms: list[Atoms], texts: list[str | None]) -> dict[str, torch.Tensor]:
+    def _text_arrays(self, atoms: list[Atoms], texts: list[str | None]) -> TextArrays:
         n, dim = len(atoms), self.network.text_dim
         if self.cfg.model.graph_only:  # no text anywhere: placeholders the model never reads
-            return {"text": torch.zeros(n, dim), "sentences": torch.zeros(n, dim),
-                    "sentence_offsets": torch.arange(n + 1)}
-        from tune_fusion.data.embed import embed_texts
-        from tune_fusion.data.text import describe
-
+            return TextArrays({"text": np.zeros((n, dim), np.float32), "text_mean": np.zeros((n, dim), np.float32),
+                               "sentences": np.zeros((n, dim), np.float32), "sentence_offsets": np.arange(n + 1)})
         missing = [i for i, t in enumerate(texts) if t is None]
         if missing:
-            log.info("generating %d text description(s) with robocrystallographer", len(missing))
+            log.warning("generating %d text description(s) with robocrystallographer (1-5 s each); pass records "
+                        "with a 'description' to skip this", len(missing))
         for i in missing:
             texts[i] = describe(atoms[i].to_dict())[0]
-        return embed_texts(texts, self.cfg.data.text_encoder, self.cfg.data.max_sentences)
+        return embed_texts(texts, self.cfg.data.text_encoder)
+
+
+def _rows(n: int) -> np.ndarray:
+    """(n, 2) references to rows 0..n-1 of shard 0."""
+    return np.stack([np.zeros(n, dtype=np.int64), np.arange(n)], axis=1)
 
 
 def _as_atoms(item: Any, i: int) -> tuple[Atoms, str | None]:
@@ -210,9 +219,10 @@ def _as_atoms(item: Any, i: int) -> tuple[Atoms, str | None]:
                     "(dicts with an 'atoms' entry and optionally a 'description')")
 
 
-def load_model(path: str | Path, device: str = "cpu") -> FusionPredictor:
-    """Rebuild the model of an exported (or any tune-fusion) checkpoint, with ``weights_only=True`` loading."""
+def load_model(path: str | Path, device: str = "cpu", graph_backend: str = "auto") -> FusionPredictor:
+    """Rebuild the model of an exported (or any tune-fusion) checkpoint, with ``weights_only=True`` loading, on
+    ``device`` with message-passing path ``graph_backend`` (auto: DGL on CPU, torch on CUDA)."""
     ckpt = load_checkpoint(path)
-    network = build_network(ckpt, path)
     target = pick_device(device)
-    return FusionPredictor(network.to(target), checkpoint_config(ckpt, path), Standardizer(**ckpt["standardizer"]), target)
+    return FusionPredictor(place_model(build_network(ckpt, path), target, graph_backend),
+                           checkpoint_config(ckpt, path), Standardizer(**ckpt["standardizer"]), target)

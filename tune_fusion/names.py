@@ -4,7 +4,7 @@ side (analysis). Importing this module imports neither Ray nor Optuna."""
 from __future__ import annotations
 
 import hashlib
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 METRIC, MODE = "val_mae", "min"  # what every search optimises: validation MAE only
@@ -14,7 +14,7 @@ STUDY_FILE = "optuna_study.db"  # the persisted Optuna study, in the experiment 
 DEFAULT_STORAGE = "~/ray_results"
 
 
-class StopReason(str, Enum):
+class StopReason(StrEnum):
     """Why a run ended before its last epoch; a run's ``stop_reason`` reads ``"<value>: <explanation>"``."""
 
     NAN_LOSS = "nan_loss"
@@ -38,7 +38,7 @@ class StopReason(str, Enum):
         return self in (StopReason.NAN_LOSS, StopReason.TEXT_SCALE_EXPLODED)
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """How a trial of a search ended (or that it has not ended), as the analysis reports it."""
 
     COMPLETED = "completed"

@@ -24,6 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune_fusion.cluster import connect
 from tune_fusion.data import prepare
+from tune_fusion.data.publish import publish, published_root
 from tune_fusion.errors import ConfigError
 from tune_fusion.names import DEFAULT_STORAGE, FINISHED, METRIC, MODE, StopReason, experiment_dir, is_uri, study_path
 from tune_fusion.space import DefineByRun, SearchSpec
@@ -126,9 +127,10 @@ def check_experiment(exp_dir: str, resume: bool) -> None:
                           "another name")
 
 
-def build_tuner(spec: SearchSpec, cache_path: str, storage: str, name: str, resume: bool) -> tune.Tuner:
+def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storage: str, name: str, resume: bool,
+                ) -> tune.Tuner:
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, cache_path=cache_path, base=spec.base.to_dict()),
+        tune.with_parameters(train_trial, cache_name=cache_name, published=published, base=spec.base.to_dict()),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     exp_dir = experiment_dir(storage, name)
     if resume:
@@ -170,7 +172,7 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
     """Prepare the data once, then run (or ``resume``) the search; returns the results and the best trial.
 
     ``address`` None starts a fresh local Ray; ``"auto"`` or ``HOST:PORT`` joins a running cluster, where
-    ``storage`` and the cache directory must be shared storage (checked).
+    ``storage`` must be shared storage (checked) and the prepared cache is published there for every node.
     """
     name = name or spec.name
     storage = storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
@@ -178,11 +180,14 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
     started = connect(address)
     try:
         check_resources(spec, local=address is None)
-        check_shared(storage, "--storage")
-        check_shared(spec.base.data.cache_dir, "cache_dir")
+        check_shared(storage, "storage")
         data, built = prepare(spec.base.data)
         log.info("prepared data %s (%s)", data.path, "built now" if built else "already prepared")
-        tuner = build_tuner(spec, str(data.path), storage, name, resume)
+        published = None
+        if address is not None:  # on a cluster: nodes that lack the cache (now or when they join) fetch it from here
+            published = published_root(storage)
+            publish(data.path, published)
+        tuner = build_tuner(spec, data.path.name, published, storage, name, resume)
         results = tuner.fit()
     finally:
         if started:

@@ -17,6 +17,7 @@ from ray import tune
 
 from tune_fusion.config import Config
 from tune_fusion.data import load
+from tune_fusion.data.publish import fetch
 from tune_fusion.errors import TuneFusionError
 from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, StopReason
 from tune_fusion.train import Run, fit
@@ -37,20 +38,25 @@ def _use_trial_resources() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train_trial(params: dict[str, Any], cache_path: str, base: dict[str, Any]) -> None:
+def train_trial(params: dict[str, Any], cache_name: str, published: str | None, base: dict[str, Any]) -> None:
     """Tune function trainable: ``base`` (the fixed options) updated with the searched ``params``, trained on the
-    prepared cache at ``cache_path`` (opened, never rebuilt)."""
+    prepared cache ``cache_name`` in this node's ``cache_dir`` (opened, never rebuilt; on a cluster, fetched once
+    per node from ``published`` when the node lacks it)."""
     device = _use_trial_resources()
     try:
         cfg = Config.from_dict({**base, **params}, source="trial config")
     except TuneFusionError as err:  # a combination the space allowed but the model cannot have: no retry helps
         tune.report({METRIC: math.inf, FINISHED: 1, "stop_reason": StopReason.CONFIG_ERROR.says(str(err))})
         return
-    data = load(cache_path)
+    if published:
+        path, cost = fetch(cache_name, published, cfg.data.cache_dir)
+    else:
+        path, cost = Path(cfg.data.cache_dir).expanduser().resolve() / cache_name, {}
+    data = load(path)
     previous = tune.get_checkpoint()
     resume = load_trial_checkpoint(previous) if previous else None
     placement = {"node_id": ray.get_runtime_context().get_node_id(),  # where this attempt runs (after a restart too)
-                 "resumed_from_epoch": resume["epoch"] if resume else 0}
+                 "device": str(device), "resumed_from_epoch": resume["epoch"] if resume else 0, **cost}
 
     def report(metrics: dict[str, Any], run: Run) -> None:
         finished = bool(run.stop_reason) or run.epoch >= cfg.train.epochs

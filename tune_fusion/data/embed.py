@@ -8,6 +8,7 @@ sentence-transformers (or plain Hugging Face) model is named by a local folder p
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from tune_fusion.config import DEFAULT_TEXT_ENCODER
+from tune_fusion.data.arrays import TextArrays
 from tune_fusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -27,10 +29,10 @@ log = logging.getLogger(__name__)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(])")
 
 
-def split_sentences(text: str, max_sentences: int) -> list[str]:
-    """Sentences of ``text`` (at least one: the whole text, or a placeholder when empty), capped in number."""
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text`` (at least one: the whole text, or a placeholder when empty)."""
     sentences = [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
-    return (sentences or [text.strip() or "No description."])[:max_sentences]
+    return sentences or [text.strip() or "No description."]
 
 
 def check_encoder(name: str) -> None:
@@ -61,24 +63,30 @@ def _encode(encoder, texts: Sequence[str], batch_size: int, desc: str) -> np.nda
     return np.asarray(vectors, dtype=np.float32)
 
 
-def embed_texts(
-    texts: Sequence[str], encoder_name: str, max_sentences: int, batch_size: int = 64
-) -> dict[str, torch.Tensor]:
-    """Embed every text and its sentences.
+def embed_texts(texts: Sequence[str], encoder_name: str, keys: Sequence[str] | None = None,
+                batch_size: int = 64) -> TextArrays:
+    """Embed every text whole and sentence by sentence.
 
-    Returns ``text`` (N, D), ``sentences`` (M, D) for all sentences back to back, and ``sentence_offsets``
-    (N + 1,) so that crystal i's sentences are rows ``offsets[i]:offsets[i+1]``.
+    ``text`` (N, D) is the encoder's vector of the whole text (the encoder reads at most its token limit, 256 for
+    MiniLM, and drops the rest); ``text_mean`` (N, D) the L2-normalised mean of the text's sentence vectors (every
+    sentence counts); ``sentences`` (M, D) all sentence vectors back to back, text i's rows
+    ``sentence_offsets[i]:sentence_offsets[i + 1]``.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     encoder = load_encoder(encoder_name, device)
-    per_text = [split_sentences(t, max_sentences) for t in texts]
-    offsets = np.cumsum([0] + [len(s) for s in per_text])
+    per_text = [split_sentences(t) for t in texts]
+    offsets = np.cumsum([0] + [len(s) for s in per_text]).astype(np.int64)
     flat = [s for sentences in per_text for s in sentences]
     with torch.no_grad():
         text_vectors = _encode(encoder, texts, batch_size, "descriptions")
         sentence_vectors = _encode(encoder, flat, batch_size, "sentences")
-    return {
-        "text": torch.from_numpy(text_vectors),
-        "sentences": torch.from_numpy(sentence_vectors),
-        "sentence_offsets": torch.from_numpy(offsets.astype(np.int64)),
-    }
+    sums = np.add.reduceat(sentence_vectors, offsets[:-1], axis=0) if len(texts) else sentence_vectors[:0]
+    means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    arrays = {"text": text_vectors, "text_mean": means.astype(np.float32), "sentences": sentence_vectors,
+              "sentence_offsets": offsets}
+    return TextArrays(arrays, list(keys) if keys is not None else [text_key(t) for t in texts])
+
+
+def text_key(text: str) -> str:
+    """The content key of a description (its embedding depends on nothing else, given the encoder)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:20]

@@ -1,23 +1,22 @@
-"""ALIGNN crystal-graph encoder (Choudhary & DeCost, npj Comput. Mater. 7, 185 (2021)) on DGL.
+"""ALIGNN crystal-graph encoder (Choudhary & DeCost, npj Comput. Mater. 7, 185 (2021)).
 
-Atoms live on the crystal graph ``g`` (node data ``atom_features``, edge data ``r`` = bond vectors); bonds live
-on the line graph ``lg`` (one node per edge of ``g``, same order; edge data ``h`` = bond-angle cosines). Each
-ALIGNN block updates atoms on ``g`` gated by bond features, then bonds on ``lg`` gated by angle features.
+Atoms are the nodes of the crystal graph (bonds ``edge_src -> edge_dst`` with bond vectors); bonds are the nodes
+of the line graph (bond pairs ``angle_src -> angle_dst`` sharing an atom, with the cosine of their angle). Each
+ALIGNN block updates atoms gated by bond features, then bonds gated by angle features. Message passing runs on
+either path of ``message_passing`` (DGL or plain PyTorch); the parameters are the same for both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import dgl
-import dgl.function as fn
 import torch
-from dgl.nn import AvgPooling
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from tune_fusion.config import ModelConfig
 from tune_fusion.errors import DataError
+from tune_fusion.model.message_passing import GRAPHS, READOUTS, TorchGraph
 
 # (block index, atom features (N, hidden)) -> new atom features (N, hidden); runs after each ALIGNN block.
 BlockHook = Callable[[int, Tensor], Tensor]
@@ -60,19 +59,14 @@ class EdgeGatedGraphConv(nn.Module):
         self.norm_edges = nn.BatchNorm1d(features)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, g: dgl.DGLGraph, x: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, graph: TorchGraph, x: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
         """x: (N, F) node features, e: (E, F) edge features -> updated (x, e)."""
-        with g.local_scope():  # never leave temporaries on the caller's (batched) graph
-            g.ndata["gate_src"] = self.src_gate(x)
-            g.ndata["gate_dst"] = self.dst_gate(x)
-            g.ndata["value"] = self.src_update(x)
-            g.apply_edges(fn.u_add_v("gate_src", "gate_dst", "gate"))
-            m = g.edata["gate"] + self.edge_gate(e)  # (E, F)
-            g.edata["sigma"] = torch.sigmoid(m)
-            g.update_all(fn.u_mul_e("value", "sigma", "msg"), fn.sum("msg", "weighted"))
-            g.update_all(fn.copy_e("sigma", "msg"), fn.sum("msg", "norm"))
-            aggregated = g.ndata["weighted"] / (g.ndata["norm"] + 1e-6)  # (N, F) gated mean of neighbours
-        x_new = F.silu(self.norm_nodes(self.dst_update(x) + aggregated))
+        # The four node-side linears as one matrix product (N, 4F); their parameters stay separate modules.
+        weight = torch.cat([self.src_gate.weight, self.dst_gate.weight, self.src_update.weight, self.dst_update.weight])
+        bias = torch.cat([self.src_gate.bias, self.dst_gate.bias, self.src_update.bias, self.dst_update.bias])
+        gate_src, gate_dst, value, self_term = F.linear(x, weight, bias).chunk(4, dim=1)
+        m, aggregated = graph.edge_gated(gate_src, gate_dst, self.edge_gate(e), value)
+        x_new = F.silu(self.norm_nodes(self_term + aggregated))
         e_new = F.silu(self.norm_edges(m))
         return x + self.dropout(x_new), e + self.dropout(e_new)
 
@@ -85,9 +79,7 @@ class ALIGNNBlock(nn.Module):
         self.node_update = EdgeGatedGraphConv(features, dropout)
         self.edge_update = EdgeGatedGraphConv(features, dropout)
 
-    def forward(
-        self, g: dgl.DGLGraph, lg: dgl.DGLGraph, x: Tensor, y: Tensor, z: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, g: TorchGraph, lg: TorchGraph, x: Tensor, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x: (N, F) atoms, y: (E, F) bonds, z: (T, F) angles -> updated (x, y, z)."""
         x, y = self.node_update(g, x, y)
         y, z = self.edge_update(lg, y, z)  # bonds are the line graph's nodes
@@ -99,11 +91,12 @@ class ALIGNNEncoder(nn.Module):
 
     ``after_alignn_block(i, x)`` (optional) runs after ALIGNN block ``i`` (0-based) and may replace the atom
     features; middle fusion uses it, the graph-only baseline passes None, so both share this code.
+    ``graph_backend`` (``dgl`` or ``torch``) picks the message-passing path; it holds no parameters.
     """
 
     def __init__(
         self,
-        atom_feature_dim: int = 92,
+        atom_feature_dim: int,
         hidden_features: int = 256,
         embedding_features: int = 64,
         edge_input_features: int = 80,
@@ -114,6 +107,7 @@ class ALIGNNEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.atom_feature_dim = atom_feature_dim
+        self.graph_backend = "torch"
         self.atom_embedding = nn.Sequential(
             mlp_layer(atom_feature_dim, embedding_features), mlp_layer(embedding_features, hidden_features)
         )
@@ -129,10 +123,9 @@ class ALIGNNEncoder(nn.Module):
         )
         self.alignn_blocks = nn.ModuleList(ALIGNNBlock(hidden_features, dropout) for _ in range(alignn_layers))
         self.gcn_blocks = nn.ModuleList(EdgeGatedGraphConv(hidden_features, dropout) for _ in range(gcn_layers))
-        self.readout = AvgPooling()
 
     @classmethod
-    def from_config(cls, config: ModelConfig, atom_feature_dim: int = 92) -> ALIGNNEncoder:
+    def from_config(cls, config: ModelConfig, atom_feature_dim: int) -> ALIGNNEncoder:
         """Build from the model section of the config."""
         return cls(
             atom_feature_dim=atom_feature_dim,
@@ -145,28 +138,26 @@ class ALIGNNEncoder(nn.Module):
             dropout=config.graph_dropout,
         )
 
-    def forward(
-        self, g: dgl.DGLGraph, lg: dgl.DGLGraph, after_alignn_block: BlockHook | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Return (atom features (N, hidden), crystal readout (B, hidden))."""
-        atoms = g.ndata["atom_features"].float()
+    def forward(self, batch, after_alignn_block: BlockHook | None = None) -> tuple[Tensor, Tensor]:
+        """``batch``: a ``tune_fusion.data.Batch`` (atom features, bond and bond-pair index tensors). Returns
+        (atom features (N, hidden), crystal readout (B, hidden))."""
+        dtype = self.atom_embedding[0][0].weight.dtype  # float32, or float64 in parity checks
+        atoms = batch.atom_features.to(dtype)
         if atoms.shape[-1] != self.atom_feature_dim:
             raise DataError(
-                f"graph ndata['atom_features'] has {atoms.shape[-1]} features per atom but the model was built with "
+                f"batch atom_features has {atoms.shape[-1]} features per atom but the model was built with "
                 f"atom_feature_dim={self.atom_feature_dim}; rebuild the model or the data with matching atom_features"
             )
-        if lg.num_nodes() != g.num_edges():
-            raise DataError(
-                f"line graph has {lg.num_nodes()} nodes but the crystal graph has {g.num_edges()} edges; "
-                "they must match one-to-one (build both with compute_line_graph=True)"
-            )
+        graph_class = GRAPHS[self.graph_backend]
+        g = graph_class(batch.edge_src, batch.edge_dst, atoms.shape[0])
+        lg = graph_class(batch.angle_src, batch.angle_dst, batch.edge_src.shape[0])
         x = self.atom_embedding(atoms)  # (N, hidden)
-        y = self.edge_embedding(torch.linalg.norm(g.edata["r"].float(), dim=1))  # bond lengths (E,) -> (E, hidden)
-        z = self.angle_embedding(lg.edata["h"].float())  # angle cosines (T,) -> (T, hidden)
+        y = self.edge_embedding(torch.linalg.norm(batch.bond_vectors.to(dtype), dim=1))  # bond lengths (E,) -> (E, hidden)
+        z = self.angle_embedding(batch.angle_cosines.to(dtype))  # (T,) -> (T, hidden)
         for i, block in enumerate(self.alignn_blocks):
             x, y, z = block(g, lg, x, y, z)
             if after_alignn_block is not None:
                 x = after_alignn_block(i, x)
         for conv in self.gcn_blocks:
             x, y = conv(g, x, y)
-        return x, self.readout(g, x)
+        return x, READOUTS[self.graph_backend](x, batch.atoms_per_crystal)

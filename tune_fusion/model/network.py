@@ -36,7 +36,7 @@ class FusionNetwork(nn.Module):
     ``middle_fusion_modules["layer_<i>"]`` (i = 0-based ALIGNN block after which they run).
     """
 
-    def __init__(self, config: ModelConfig, atom_feature_dim: int = 92, text_dim: int = 384) -> None:
+    def __init__(self, config: ModelConfig, atom_feature_dim: int, text_dim: int) -> None:
         super().__init__()
         self.config = config
         self.atom_feature_dim = atom_feature_dim
@@ -81,26 +81,36 @@ class FusionNetwork(nn.Module):
         head_in += config.cross_modal_hidden_dim if self.cross_modal is not None else 0
         self.head = nn.Sequential(nn.Linear(head_in, hidden), nn.SiLU(), nn.Linear(hidden, 1))
 
+    @property
+    def graph_backend(self) -> str:
+        """The message-passing path, ``dgl`` or ``torch`` (holds no parameters; switch with ``use_graph_backend``)."""
+        return self.encoder.graph_backend
+
+    def use_graph_backend(self, name: str) -> FusionNetwork:
+        """Run message passing with ``name`` (``dgl`` or ``torch``; see ``message_passing.resolve_backend``)."""
+        self.encoder.graph_backend = name
+        return self
+
     def forward(self, batch: Any) -> ModelOutput:
-        """``batch`` needs ``graph``, ``line_graph`` and, unless graph_only, ``text`` (B, D); with cross-modal
-        attention also ``sentences`` (B, S, D) and ``sentence_mask`` (B, S) bool."""
-        g, lg = batch.graph, batch.line_graph
+        """``batch``: a ``tune_fusion.data.Batch``; graph-only models read only its graph tensors, fused ones also
+        ``text`` (B, D) and, with cross-modal attention, ``sentences`` (B, S, D) and ``sentence_mask`` (B, S)."""
+        counts = batch.atoms_per_crystal  # (B,) atoms per crystal
         if self.config.graph_only:
-            _, graph_repr = self.encoder(g, lg)
+            _, graph_repr = self.encoder(batch)
             return ModelOutput(self.head(graph_repr).squeeze(-1), graph_repr, None, None)
 
-        text = self._checked(batch.text, "text", (g.batch_size, self.text_dim)).float()
-        counts = g.batch_num_nodes()  # (B,) atoms per crystal
+        dtype = self.head[0].weight.dtype
+        text = self._checked(batch.text, "text", (len(counts), self.text_dim)).to(dtype)
 
         def fuse(i: int, x: Tensor) -> Tensor:  # runs after ALIGNN block i
             key = f"layer_{i}"
             return self.middle_fusion_modules[key](x, text, counts) if key in self.middle_fusion_modules else x
 
-        atoms, graph_repr = self.encoder(g, lg, fuse if len(self.middle_fusion_modules) else None)
+        atoms, graph_repr = self.encoder(batch, fuse if len(self.middle_fusion_modules) else None)
         text_repr = self.text_projection(text)  # (B, text_projection_dim)
         parts = [graph_repr, text_repr]
         if self.cross_modal is not None:
-            sentences = self._checked(batch.sentences, "sentences", (g.batch_size, None, self.text_dim)).float()
+            sentences = self._checked(batch.sentences, "sentences", (len(counts), None, self.text_dim)).to(dtype)
             mask = self._checked(batch.sentence_mask, "sentence_mask", tuple(sentences.shape[:2])).bool()
             parts.append(self.cross_modal(atoms, counts, sentences, mask))
         prediction = self.head(torch.cat(parts, dim=-1)).squeeze(-1)
@@ -116,7 +126,7 @@ class FusionNetwork(nn.Module):
             expected = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
             raise DataError(
                 f"batch.{name} has shape {tuple(tensor.shape)} but the model expects {expected} ({shape[0]} crystals "
-                f"in batch.graph, text_dim={self.text_dim}); build the model with the data's text dimension"
+                f"in the batch, text_dim={self.text_dim}); build the model with the data's text dimension"
             )
         return tensor
 

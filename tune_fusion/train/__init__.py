@@ -2,7 +2,8 @@
 
 AdamW (no weight decay on biases and norms), OneCycle schedule, MSE on the standardised target, MAE reported in
 the target's units, gradient clipping, early stopping on validation MAE. Model selection uses validation data
-only; the test split is evaluated once, by the caller, with the best checkpoint (``evaluate``).
+only; the test split is evaluated once, by the caller, with the best weights (``test_once(run.best(), folder)``).
+``predict`` is the one evaluation loop (validation, test, diagnostics and exported models all use it).
 
 Standalone::
 
@@ -19,7 +20,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from tune_fusion import __version__
 from tune_fusion.config import Config
-from tune_fusion.data import Batch, PreparedData, Standardizer, make_loader
+from tune_fusion.data import Batch, CrystalDataset, PreparedData, Standardizer, TextOverride
 from tune_fusion.errors import DataError
-from tune_fusion.model import FusionNetwork, contrastive_loss
+from tune_fusion.model import FusionNetwork, ModelOutput, contrastive_loss
+from tune_fusion.model.message_passing import resolve_backend
 from tune_fusion.names import StopReason
 
 log = logging.getLogger(__name__)
@@ -66,17 +69,71 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# Called after each batch's forward pass in ``predict`` (diagnostics read the model's recorded internals there).
+BatchHook = Callable[[Batch, ModelOutput], None]
+
+
+def predict(model: FusionNetwork, batches: Iterable[Batch], device: torch.device, standardizer: Standardizer,
+            hook: BatchHook | None = None) -> dict[str, Any]:
+    """The one evaluation loop: model (eval mode, no gradients) + batches -> per-crystal predictions.
+
+    Returns ``index`` (crystal indices), ``prediction`` and ``target`` (numpy, in the target's units), and ``mae``,
+    ``rmse``, ``loss`` (MSE on the standardised target) and ``crystals``.
+    """
+    model.eval()
+    index, predicted, wanted = [], [], []
+    with torch.no_grad():
+        for batch in batches:
+            batch = batch.to(device)
+            output = model(batch)
+            if hook is not None:
+                hook(batch, output)
+            index.append(batch.index)
+            predicted.append(output.prediction)
+            wanted.append(batch.target)
+    if not index:
+        return {"index": np.zeros(0, dtype=np.int64), "prediction": np.zeros(0), "target": np.zeros(0),
+                "mae": math.nan, "rmse": math.nan, "loss": math.nan, "crystals": 0}
+    pred, target = torch.cat(predicted).double().cpu(), torch.cat(wanted).double().cpu()  # one copy to the host
+    err = pred - target
+    return {"index": torch.cat(index).cpu().numpy(), "prediction": standardizer.inverse(pred).numpy(),
+            "target": standardizer.inverse(target).numpy(), "mae": float(err.abs().mean()) * standardizer.std,
+            "rmse": math.sqrt(float((err**2).mean())) * standardizer.std, "loss": float((err**2).mean()),
+            "crystals": len(pred)}
+
+
 @dataclass
-class Run:
-    """The state of one training run; ``checkpoint()`` turns it into plain data, ``resume()`` back."""
+class TrainedModel:
+    """A model on its prepared data with its target scaling: everything evaluation needs (no optimizer)."""
 
     cfg: Config
     data: PreparedData
     model: FusionNetwork
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
     standardizer: Standardizer
     device: torch.device
+
+    def loader(self, indices: torch.Tensor | str, shuffle: bool = False, seed: int = 0,
+               text: TextOverride | None = None) -> DataLoader:
+        """Batches of crystals ``indices`` (or of a split, by name), as the run's config makes them."""
+        d = self.cfg.data
+        indices = self.data.split(indices) if isinstance(indices, str) else indices
+        dataset = CrystalDataset(self.data, indices, self.standardizer, d.max_sentences, d.text_vector, text)
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(dataset, batch_size=self.cfg.train.batch_size, shuffle=shuffle, generator=generator,
+                          collate_fn=dataset.collate, num_workers=self.cfg.train.num_workers)
+
+    def predict(self, indices: torch.Tensor | str, hook: BatchHook | None = None,
+                text: TextOverride | None = None) -> dict[str, Any]:
+        """``predict`` over crystals ``indices`` (or a split), optionally with other text (see ``TextOverride``)."""
+        return predict(self.model, self.loader(indices, text=text), self.device, self.standardizer, hook)
+
+
+@dataclass
+class Run(TrainedModel):
+    """The state of one training run; ``checkpoint()`` turns it into plain data, ``resume()`` back."""
+
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     epoch: int = 0  # epochs completed
     best_val_mae: float = math.inf
     best_epoch: int = 0
@@ -122,6 +179,12 @@ class Run:
         if ckpt["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
+    def best(self) -> TrainedModel:
+        """The run's best-by-validation weights as a model of their own (the run's model is left as it is)."""
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.best_state or self.model.state_dict())
+        return TrainedModel(self.cfg, self.data, model, self.standardizer, self.device)
+
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> Path:
     """``torch.save`` through a temporary file renamed into place: a crash never leaves half a checkpoint."""
@@ -142,72 +205,65 @@ def data_identity(data: PreparedData, standardizer: Standardizer) -> dict[str, A
     }
 
 
+def place_model(model: FusionNetwork, device: torch.device, graph_backend: str = "auto") -> FusionNetwork:
+    """``model`` on ``device`` with the message-passing path ``graph_backend`` resolves to there."""
+    return model.to(device).use_graph_backend(resolve_backend(graph_backend, device))
+
+
 def start_run(cfg: Config, data: PreparedData, device: torch.device | None = None) -> Run:
     seed_everything(cfg.train.random_seed)
     device = device or pick_device(cfg.train.device)
-    model = build_model(cfg, data).to(device)
+    model = place_model(build_model(cfg, data), device, cfg.train.graph_backend)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.train.weight_decay), lr=cfg.train.learning_rate)
     steps_per_epoch = math.ceil(len(data.split("train")) / cfg.train.batch_size)
     total = cfg.train.epochs * steps_per_epoch
     pct_start = min(cfg.train.warmup_steps / total, 0.99) if cfg.train.warmup_steps else 0.3
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.train.learning_rate, total_steps=total,
                                                     pct_start=pct_start)
-    standardizer = Standardizer.fit(data.tensors["targets"][data.split("train")])
-    return Run(cfg, data, model, optimizer, scheduler, standardizer, device)
+    standardizer = Standardizer.fit(data.targets[data.split("train")])
+    return Run(cfg, data, model, standardizer, device, optimizer, scheduler)
 
 
-def run_epoch(run: Run, split: str, train: bool = False, predictions: bool = False) -> dict[str, Any]:
-    """One pass over ``split``; trains when ``train``. MAE/RMSE are in the target's units.
+def train_epoch(run: Run) -> dict[str, Any]:
+    """One shuffled pass over the training split with optimizer steps. MAE/RMSE are in the target's units.
 
-    Returns ``loss``, ``mae``, ``rmse``, ``crystals``, alpha statistics when middle fusion is on, and with
-    ``predictions`` the per-crystal ``index``, ``target`` and ``prediction`` arrays.
+    Returns ``loss``, ``mae``, ``rmse``, ``crystals`` and, when middle fusion is on, the gate's ``alpha_mean`` and
+    ``alpha_std`` over the epoch's atoms.
     """
-    cfg, model = run.cfg, run.model
-    loader = make_loader(run.data, split, cfg.train.batch_size, run.standardizer, shuffle=train,
-                         seed=cfg.train.random_seed + run.epoch, num_workers=cfg.train.num_workers)
-    model.train(train)
-    sums = torch.zeros(5, device=run.device)  # loss*B, |err|, err^2, alpha sum, alpha^2 sum (atoms)
+    model = run.model
+    model.train()
+    sums = torch.zeros(5, device=run.device, dtype=torch.float64)  # loss*B, |err|, err^2, alpha sum, alpha^2 sum
     atoms = 0
-    kept: list[tuple[torch.Tensor, ...]] = []
-    with torch.set_grad_enabled(train):
-        for batch in loader:
-            batch = batch.to(run.device)
-            loss, pred = _step(run, batch, train)
-            err = (pred.detach() - batch.target) * run.standardizer.std
-            alphas = model.alpha_stats()
-            alpha = torch.cat(list(alphas.values())) if alphas else None
-            sums += torch.stack([loss.detach() * len(batch), err.abs().sum(), (err**2).sum(),
-                                 alpha.sum() if alpha is not None else sums.new_zeros(()),
-                                 (alpha**2).sum() if alpha is not None else sums.new_zeros(())])
-            atoms += alpha.numel() if alpha is not None else 0
-            if predictions:
-                kept.append((batch.index.cpu(), pred.detach().cpu()))
-    n = len(loader.dataset)
+    for batch in run.loader("train", shuffle=True, seed=run.cfg.train.random_seed + run.epoch):
+        batch = batch.to(run.device)
+        loss, pred = _step(run, batch)
+        err = (pred.detach() - batch.target).double() * run.standardizer.std
+        alphas = model.alpha_stats()
+        alpha = torch.cat(list(alphas.values())).double() if alphas else sums.new_zeros(0)
+        sums += torch.stack([loss.detach().double() * len(batch), err.abs().sum(), (err**2).sum(), alpha.sum(),
+                             (alpha**2).sum()])
+        atoms += alpha.numel()
+    n = len(run.data.split("train"))
     loss_sum, abs_sum, sq_sum, alpha_sum, alpha_sq = sums.tolist()  # the epoch's one device-to-host copy
     out: dict[str, Any] = {"loss": loss_sum / n, "mae": abs_sum / n, "rmse": math.sqrt(sq_sum / n), "crystals": n}
     if atoms:
         mean = alpha_sum / atoms
         out.update(alpha_mean=mean, alpha_std=math.sqrt(max(alpha_sq / atoms - mean**2, 0.0)))
-    if predictions:
-        index, pred = (torch.cat(parts) for parts in zip(*kept))
-        out.update(index=index.numpy(), target=run.data.tensors["targets"][index].numpy(),
-                   prediction=run.standardizer.inverse(pred.double()).numpy())
     return out
 
 
-def _step(run: Run, batch: Batch, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _step(run: Run, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     output = run.model(batch)
     loss = nn.functional.mse_loss(output.prediction, batch.target)
-    if train and output.contrastive_pair is not None:
+    if output.contrastive_pair is not None:
         loss = loss + run.cfg.model.contrastive_weight * contrastive_loss(
             *output.contrastive_pair, temperature=run.cfg.model.contrastive_temperature)
-    if train:
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if run.cfg.train.grad_clip_norm > 0:
-            nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip_norm)
-        run.optimizer.step()
-        run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.cfg.train.grad_clip_norm > 0:
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip_norm)
+    run.optimizer.step()
+    run.scheduler.step()
     return loss, output.prediction
 
 
@@ -245,9 +301,9 @@ def fit(cfg: Config, data: PreparedData, on_epoch: EpochCallback | None = None,
     while run.epoch < cfg.train.epochs and not run.stop_reason:
         start = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
-        train = run_epoch(run, "train", train=True)
+        train = train_epoch(run)
         train_seconds = time.perf_counter() - start
-        val = run_epoch(run, "val")
+        val = run.predict("val")
         run.epoch += 1
         scales = {name: float(value) for name, value in run.model.text_scales().items()}
         if math.isfinite(val["mae"]) and val["mae"] < run.best_val_mae:
@@ -271,28 +327,18 @@ def fit(cfg: Config, data: PreparedData, on_epoch: EpochCallback | None = None,
     return run
 
 
-def evaluate(run: Run, split: str = "test", state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """MAE, RMSE and predictions on ``split`` with ``state`` (default: the best-by-validation weights)."""
-    model_state = copy.deepcopy(run.model.state_dict())
-    run.model.load_state_dict(state or run.best_state or model_state)
-    try:
-        return run_epoch(run, split, predictions=True)
-    finally:
-        run.model.load_state_dict(model_state)
-
-
 PREDICTIONS_FILE = "test_predictions.csv"  # jid,target,prediction of the test split, in the target's units
 OLD_PREDICTIONS_FILE = "predictions_test.csv"  # the name standalone runs used before; still read
 
 
-def test_once(run: Run, out: Path) -> dict[str, Any]:
-    """The one test evaluation of a run: the best-by-validation weights on the test split, predictions written to
-    ``out/test_predictions.csv`` (unclamped); returns test MAE, RMSE and the number of crystals ({} when the
-    split is empty)."""
-    if not len(run.data.split("test")):
+def test_once(trained: TrainedModel, out: Path) -> dict[str, Any]:
+    """The one test evaluation of a model (for a ``Run``, pass ``run.best()``): the test split, predictions written
+    to ``out/test_predictions.csv`` (unclamped); returns test MAE, RMSE and the number of crystals, with the
+    targets and predictions ({} when the split is empty)."""
+    if not len(trained.data.split("test")):
         return {}
-    test = evaluate(run, "test")
-    write_predictions(out / PREDICTIONS_FILE, [run.data.ids[i] for i in test["index"]], test["target"],
+    test = trained.predict("test")
+    write_predictions(out / PREDICTIONS_FILE, [str(trained.data.ids[i]) for i in test["index"]], test["target"],
                       test["prediction"])
     return {"test_mae": test["mae"], "test_rmse": test["rmse"], "test_crystals": test["crystals"],
             "target": test["target"], "prediction": test["prediction"]}

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                        "val_rmse": h["val_rmse"]} for h in history], indent=1))
     metrics = {"best_epoch": trained.best_epoch, "val_mae": trained.best_val_mae, "stop_reason": trained.stop_reason,
                "epochs_run": trained.epoch}
-    test = test_once(trained, out)  # once, with the best-by-validation weights
+    test = test_once(trained.best(), out)  # once, with the best-by-validation weights
     metrics.update({k: v for k, v in test.items() if k.startswith("test_")})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("best val_mae %.4f at epoch %d; test (evaluated once) %s; outputs in %s", trained.best_val_mae,

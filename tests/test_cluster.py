@@ -1,0 +1,216 @@
+"""A real multi-node Ray cluster on this machine, built like separate machines: a head and worker nodes started with
+``ray start``, token authentication on, each worker with its own HOME and in its own mount namespace where the
+head's cache folder is hidden (an empty tmpfs over it), so the only folder all nodes share is the storage.
+``run_search.py --address`` drives real searches on it: with the workers up, with workers joining after the search
+started, and with a worker killed mid-search."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, tiny_config, trial_rows, write_space
+
+pytestmark = pytest.mark.slow
+
+
+def _can_unshare() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ray") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+if not _can_unshare():
+    pytest.skip("needs `unshare -m` (root, as on this machine and in CI) to give worker nodes their own mounts",
+                allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """A head node (no CPUs: trials go to workers, as in cluster.yaml) and worker nodes added on demand."""
+
+    HEAD_IP = "127.0.0.2"  # every node its own loopback address (127.0.0.1 itself Ray rewrites to the LAN address)
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.address = f"{self.HEAD_IP}:{self.port}"
+        self.cache = root / "cache"  # the driver's cache_dir; hidden from every worker
+        self.storage = root / "storage"  # shared by all nodes
+        self.head_home = root / "head"
+        for folder in (self.cache, self.storage, self.head_home):
+            folder.mkdir(parents=True)
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.started = 0
+        # as the README's recipe: a token for the cluster, then the head in token mode
+        subprocess.run(["ray", "get-auth-token", "--generate"], env=self.env(self.head_home), check=True,
+                       capture_output=True, timeout=120)
+        subprocess.run(["ray", "start", "--head", f"--node-ip-address={self.HEAD_IP}", f"--port={self.port}", "--num-cpus=0",
+                        "--include-dashboard=false", "--disable-usage-stats"], env=self.env(self.head_home),
+                       check=True, capture_output=True, timeout=120)
+        self.token = (self.head_home / ".ray" / "auth_token").read_text().strip()
+
+    def env(self, home: Path, **extra: str) -> dict[str, str]:
+        return {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", **extra}
+
+    def add_worker(self, name: str) -> str:
+        """Start worker node ``name`` and wait until it has joined; returns its node id."""
+        home = self.root / name
+        home.mkdir()
+        self.started += 1
+        script = (f"mount -t tmpfs tmpfs {self.cache} && exec ray start --address={self.address} "
+                  f"--node-ip-address=127.0.0.{3 + self.started} --num-cpus=1 "
+                  f"--resources='{{\"{name}\": 1}}' --disable-usage-stats --block")
+        self.workers[name] = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=self.env(home, RAY_AUTH_TOKEN=self.token),
+            stdout=open(home / "ray.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+        return self.wait_for(name)  # one at a time: raylets starting together on one machine race for socket files
+
+    def kill_worker(self, name: str) -> None:
+        """The node dies: every process in its mount namespace at once (the raylet, its workers, the trial there)."""
+        namespace = os.readlink(f"/proc/{self.workers.pop(name).pid}/ns/mnt")
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and os.readlink(proc / "ns" / "mnt") == namespace:
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue  # it ended meanwhile
+
+    def node_names(self, alive_only: bool = False) -> dict[str, str]:
+        """Node id -> worker name (dead nodes too, unless ``alive_only``), asked from the cluster itself (a driver
+        with the head's token)."""
+        script = ("import json, ray; ray.init(address='%s', logging_level='ERROR'); "
+                  "print(json.dumps([[n['NodeID'], n['Alive'], [r for r in n['Resources'] if r.startswith('worker_')]]"
+                  " for n in ray.nodes()]))" % self.address)
+        out = subprocess.run([sys.executable, "-c", script], env=self.env(self.head_home), capture_output=True,
+                             text=True, timeout=120, check=True)
+        nodes = json.loads([line for line in out.stdout.splitlines() if line.startswith("[")][-1])
+        return {node: names[0] for node, alive, names in nodes if names and (alive or not alive_only)}
+
+    def wait_for(self, name: str, timeout: float = 90.0) -> str:
+        """Wait until worker ``name`` has joined; returns its node id."""
+        deadline = time.time() + timeout
+        while name not in self.node_names(alive_only=True).values():
+            assert time.time() < deadline, f"{name} did not join"
+            time.sleep(1.0)
+        return next(node for node, found in self.node_names(alive_only=True).items() if found == name)
+
+    def search(self, space: Path, name: str, **popen) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "run_search.py", "--space", str(space), "--address", self.address,
+                                 "--storage", str(self.storage), "--name", name], cwd=REPO,
+                                env=self.env(self.head_home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, **popen)
+
+    def stop(self) -> None:
+        for name in list(self.workers):
+            self.kill_worker(name)
+        subprocess.run(["ray", "stop", "--force"], env=self.env(self.head_home), capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    found = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield found
+    finally:
+        found.stop()
+
+
+@pytest.fixture(scope="module")
+def space(cluster) -> Path:
+    """A tiny search whose cache_dir is the head's (hidden on the workers); the driver prepares it."""
+    path = write_space(cluster.root / "space.yaml", cluster.cache, num_samples=4, epochs=10, batch_size=4)
+    raw = yaml.safe_load(path.read_text())
+    raw["max_concurrent"] = 2
+    raw["scheduler"] = {"type": "fifo"}  # every trial runs all its epochs
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert tiny_config(cluster.cache).data.cache_dir == str(cluster.cache)
+    return path
+
+
+def finished(cluster: Cluster, name: str, driver: subprocess.Popen, timeout: float = 400) -> dict[str, list[dict]]:
+    output, _ = driver.communicate(timeout=timeout)
+    assert driver.returncode == 0, output[-4000:]
+    rows = trial_rows(cluster.storage / name)
+    assert len(rows) == 4 and all(r[-1]["trial_finished"] for r in rows.values()), output[-4000:]
+    return rows
+
+
+def fetches_per_node(rows: dict[str, list[dict]], nodes: dict[str, str]) -> dict[str, list[float]]:
+    """Node name -> the MB each trial attempt on it copied to get the cache (one attempt per node copies)."""
+    out: dict[str, list[float]] = {}
+    for trial in rows.values():
+        for row in trial:
+            if row.get("epoch") == row.get("resumed_from_epoch", 0) + 1:  # an attempt's first report
+                out.setdefault(nodes[row["node_id"]], []).append(row["cache_fetch_mb"])
+    return out
+
+
+def test_workers_with_token_auth_run_every_trial_and_fetch_the_cache_once_per_node(cluster, space):
+    cluster.add_worker("worker_a")
+    cluster.add_worker("worker_b")
+    rows = finished(cluster, "up_front", cluster.search(space, "up_front"))
+    nodes = cluster.node_names()
+    fetched = fetches_per_node(rows, nodes)
+    assert set(fetched) <= {"worker_a", "worker_b"} and fetched  # every trial ran on a worker
+    for node, sizes in fetched.items():
+        assert sum(mb > 0 for mb in sizes) == 1, (node, sizes)  # the first trial there copied it, no trial rebuilt it
+    assert (cluster.storage / "tune-fusion-cache").is_dir()
+
+
+def test_workers_that_join_later_and_a_worker_killed_mid_search(cluster, space):
+    for name in list(cluster.workers):
+        cluster.kill_worker(name)  # a fresh start: no node is up when the search begins
+    deadline = time.time() + 120
+    while cluster.node_names(alive_only=True):  # until the cluster has noticed (health checks, ~15 s)
+        assert time.time() < deadline, "the killed workers are still listed alive"
+        time.sleep(1.0)
+    driver = cluster.search(space, "late_join")
+    time.sleep(8)  # the search has started, published its cache, and waits for nodes
+    assert driver.poll() is None
+    joined = {cluster.add_worker("worker_c"): "worker_c", cluster.add_worker("worker_d"): "worker_d"}
+    killed = victim = None
+    deadline = time.time() + 300
+    while killed is None and time.time() < deadline and driver.poll() is None:
+        for trial in trial_rows(cluster.storage / "late_join").values():
+            if trial and trial[-1]["node_id"] in joined and trial[-1]["epoch"] <= 3:  # most of its epochs to go
+                victim = joined[trial[-1]["node_id"]]
+                cluster.kill_worker(victim)  # mid-trial: it has a checkpoint and more epochs to go
+                killed = trial[-1]["trial_id"]
+                break
+        time.sleep(0.2)
+    assert killed, "no trial was seen running early enough to be cut"
+    survivor = ({"worker_c", "worker_d"} - {victim}).pop()
+    rows = finished(cluster, "late_join", driver)
+    moved = [joined[r["node_id"]] for r in rows[f"trial_{killed}"]]
+    assert moved[0] == victim and moved[-1] == survivor  # resumed on the surviving node from its checkpoint
+    assert rows[f"trial_{killed}"][-1]["resumed_from_epoch"] > 0
+    fetched = fetches_per_node(rows, joined)
+    assert all(sum(mb > 0 for mb in sizes) == 1 for sizes in fetched.values()), fetched
+
+
+def test_a_driver_without_the_token_gets_one_line_saying_what_to_do(cluster, space, tmp_path):
+    stranger = tmp_path / "no_token_home"
+    stranger.mkdir()
+    for env in ({"HOME": str(stranger)}, {"HOME": str(stranger), "RAY_AUTH_TOKEN": "0" * 32}):
+        done = subprocess.run([sys.executable, "run_search.py", "--space", str(space), "--address", cluster.address,
+                               "--storage", str(tmp_path / "s"), "--name", "refused"], cwd=REPO,
+                              env={**cluster.env(stranger), **env}, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert "token" in done.stderr and "RAY_AUTH_MODE=token" in done.stderr
