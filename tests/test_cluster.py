@@ -94,9 +94,9 @@ class Cluster:
     def node_names(self, alive_only: bool = False) -> dict[str, str]:
         """Node id -> worker name (dead nodes too, unless ``alive_only``), asked from the cluster itself (a driver
         with the head's token)."""
-        script = ("import json, ray; ray.init(address='%s', logging_level='ERROR'); "
+        script = (f"import json, ray; ray.init(address='{self.address}', logging_level='ERROR'); "
                   "print(json.dumps([[n['NodeID'], n['Alive'], [r for r in n['Resources'] if r.startswith('worker_')]]"
-                  " for n in ray.nodes()]))" % self.address)
+                  " for n in ray.nodes()]))")
         out = subprocess.run([sys.executable, "-c", script], env=self.env(self.head_home), capture_output=True,
                              text=True, timeout=120, check=True)
         nodes = json.loads([line for line in out.stdout.splitlines() if line.startswith("[")][-1])
