@@ -46,7 +46,7 @@ def test_a_search_with_four_trials_sharing_the_gpu(tmp_path, cache_dir, prepared
     from tune_fusion.space import load_spec
 
     gpu = 0.25 if device == "cuda" else 0
-    space = write_space(tmp_path / "gpu.yaml", cache_dir, num_samples=4, epochs=1, use_cross_modal=True)
+    space = write_space(tmp_path / "gpu.yaml", cache_dir, num_samples=4, epochs=1)
     spec = load_spec(space, {"max_concurrent": 4, "resources": {"cpu": 1, "gpu": gpu}})
     outcome = run_search(spec, storage=str(tmp_path / "results"), name="gpu")
     rows = trial_rows(Path(outcome.experiment_dir))

@@ -203,7 +203,8 @@ def test_a_second_target_reuses_every_graph_and_embedding(prepared, cache_dir):
 
 
 def test_a_description_seen_twice_is_embedded_once(tmp_path, sample_records):
-    rows = [{**r, "description": "Si is diamond structured."} if i < 3 else r for i, r in enumerate(sample_records[:8])]
+    rows = [{**r, "description": "Si is diamond structured." if i < 3 else f"Crystal {i} is cubic."}
+            for i, r in enumerate(sample_records[:8])]
     data, _ = prepare(DataConfig(dataset=str(write_json(tmp_path / "d.json", rows)), cache_dir=str(tmp_path / "c"),
                                  n_val=1, n_test=1))
     text = data.meta["counts"]["text"]

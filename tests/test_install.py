@@ -72,3 +72,19 @@ def test_cluster_yaml_passes_rays_own_schema():
     broken = {**CLUSTER, "max_workerz": 3}
     with pytest.raises(Exception, match="max_workerz"):
         validate_config(prepare_config(broken))
+
+
+def test_the_gpu_spaces_keep_every_gpu_of_the_cluster_busy():
+    from tune_fusion.space import load_spec
+
+    workers = CLUSTER["available_node_types"]["gpu_worker"]
+    assert workers["node_config"]["InstanceType"] == "g5.2xlarge"  # 1 GPU, 8 vCPUs
+    gpus, vcpus = workers["max_workers"] * 1, 8
+    spaces = [load_spec(p) for p in sorted((REPO / "search_spaces").glob("*.yaml"))]
+    gpu_spaces = [s for s in spaces if s.resources.gpu > 0]
+    assert len(gpu_spaces) >= 3
+    for spec in gpu_spaces:
+        per_gpu = round(1 / spec.resources.gpu)
+        assert spec.max_concurrent * spec.resources.gpu >= gpus, spec.source  # every GPU gets trials
+        assert per_gpu * spec.resources.cpu <= vcpus, spec.source  # and the trials on one node fit its CPUs
+        assert spec.num_samples >= 2 * spec.max_concurrent, spec.source  # the searcher learns between waves
