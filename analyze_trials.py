@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Analyse a search: trial table, best trial (by validation MAE) tested once, parameter importance, plots, fusion
-diagnostics, export and a Markdown report (``report.md`` in the output folder).
+"""Analyse a search, a standalone training run or one checkpoint: trial table, best trial (by validation MAE) tested
+once, parameter importance, plots with units, fusion diagnostics with the original guide's checks, what the text is
+worth (text ablation), export and a Markdown report (``report.md`` in the output folder).
 
     python analyze_trials.py ~/ray_results/quickstart                       # table, best trial, plots, report
-    python analyze_trials.py ~/ray_results/quickstart --diagnose 3 --export export/
-    python analyze_trials.py s3://bucket/ray_results/full --output full-analysis  # works on a running search too
+    python analyze_trials.py ~/ray_results/quickstart --diagnose 3 --export
+    python analyze_trials.py ~/ray_results/text_vs_graph --confirm 2 --seeds 3   # retrain the best, several seeds
+    python analyze_trials.py output/formation_energy_peratom                 # a standalone run's folder
+    python analyze_trials.py --checkpoint best_model.pt --output diag/       # any checkpoint, no experiment needed
     python analyze_trials.py --compare A/checkpoint.pt B/best_model.pt --crystals 200 --output cmp/
     python analyze_trials.py --scale-text 12 --checkpoint best_model.pt --output scaled/
 """
@@ -20,37 +23,76 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("experiment", nargs="?", metavar="EXPERIMENT_DIR",
-                        help="the search's folder (or its s3://, gs:// URI) as run_search.py printed it")
+                        help="the search's folder (or its s3://, gs:// URI) as run_search.py printed it, or a "
+                             "standalone training run's output folder")
     parser.add_argument("--output", help="where tables, plots and report.md go (default: <experiment>-analysis "
                                          "beside the experiment)")
-    parser.add_argument("--top-k", type=int, default=5, help="trials drawn in the text_scale plot")
+    parser.add_argument("--top-k", "--top_k", type=int, default=5, help="trials drawn in the text_scale plot")
     parser.add_argument("--diagnose", type=int, default=0, metavar="K",
                         help="fusion diagnostics of the K best checkpoints on the validation split")
     parser.add_argument("--crystals", type=int, default=0, metavar="N",
-                        help="validation crystals for --diagnose, --compare and --scale-text (0 = all)")
-    parser.add_argument("--export", metavar="DIR", help="export the best checkpoint (best_model.pt, config, metrics)")
+                        help="validation crystals for --diagnose, --compare, --checkpoint and --scale-text (0 = all)")
+    parser.add_argument("--export", nargs="?", const="", metavar="DIR",
+                        help="export the best checkpoint (best_model.pt, config, metrics); default DIR: "
+                             "<output>/export")
+    parser.add_argument("--permutations", type=int, default=5, help="shuffles of the descriptions in the ablation")
+    parser.add_argument("--confirm", type=int, metavar="K",
+                        help="first retrain the K best configurations (and the best graph-only one) with --seeds "
+                             "training seeds each, as Ray trials, into <experiment>-confirm")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per configuration for --confirm")
+    parser.add_argument("--address", help="with --confirm: the Ray cluster to run on (default: a local Ray)")
     parser.add_argument("--compare", nargs=2, metavar=("CKPT_A", "CKPT_B"),
                         help="two checkpoints side by side on the same validation crystals")
-    parser.add_argument("--scale-text", type=float, metavar="FACTOR",
+    parser.add_argument("--scale-text", "--scale_text", type=float, metavar="FACTOR",
                         help="copy a checkpoint with its last text_transform layer times FACTOR, and measure it")
-    parser.add_argument("--checkpoint", help="the checkpoint for --scale-text (default: the best trial's)")
+    parser.add_argument("--checkpoint", help="a checkpoint to diagnose (or the one for --scale-text; default: the "
+                                             "best trial's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--cache-dir", help="where the prepared caches are, when not where the search put them")
+    parser.add_argument("--cache-dir", "--cache_dir", help="where the prepared caches are, when not where the search "
+                                                           "put them")
+    parser.add_argument("--verbose", action="store_true", help="with --confirm: Ray's own output")
     args = parser.parse_args(argv)
+
+    if args.confirm:
+        from tune_fusion.errors import ConfigError
+        from tune_fusion.search import confirm
+
+        if args.experiment is None or args.confirm < 1 or args.seeds < 2:
+            raise ConfigError("--confirm K needs an experiment folder, K >= 1 and --seeds N >= 2")
+        print(f"retraining the {args.confirm} best configurations with {args.seeds} seeds each")
+        confirm(args.experiment, args.confirm, args.seeds, args.address, args.verbose)
 
     from tune_fusion.analysis import analyze
 
     summary = analyze(args.experiment, args.output, top_k=args.top_k, diagnose=args.diagnose,
                       crystals=args.crystals, export=args.export, compare=args.compare, scale_text=args.scale_text,
-                      checkpoint=args.checkpoint, device=args.device, cache_dir=args.cache_dir)
+                      checkpoint=args.checkpoint, device=args.device, cache_dir=args.cache_dir,
+                      permutations=args.permutations)
+    print_summary(summary)
+
+
+def print_summary(summary: dict) -> None:
+    from tune_fusion.units import with_unit
+
+    target = summary.get("target") or (summary.get("checkpoint") or {}).get("target", "")
     if "table_text" in summary:
         print(summary["table_text"])
+        print(f"\n{summary['status_counts']}")
     best = summary.get("best")
     if best:
-        print(f"\nbest trial: {best['trial']} (validation MAE {best['val_mae']:.4f})")
+        print(f"best trial: {best['trial']} (validation MAE {with_unit(best['val_mae'], target)})")
         if "test_mae" in best:
-            print(f"test, evaluated once: MAE {best['test_mae']:.4f}, RMSE {best['test_rmse']:.4f} "
-                  f"on {best['test_crystals']} crystals")
+            print(f"test, evaluated once: MAE {with_unit(best['test_mae'], target)}, RMSE "
+                  f"{with_unit(best['test_rmse'], target)} on {best['test_crystals']} crystals")
+    if summary.get("checkpoint"):
+        print(f"validation MAE of {summary['checkpoint']['path']}: {with_unit(summary['checkpoint']['val_mae'], target)}")
+    for label, ablation in (summary.get("ablation") or {}).get("models", {}).items():
+        print(f"{label}: {ablation['verdict']}")
+    confirmation = summary.get("confirmation")
+    if confirmation:
+        for row in confirmation["rows"]:
+            print(f"confirmed {row['configuration']}: validation MAE {row['mean_val_mae']:.4f} ± "
+                  f"{row['std_val_mae']:.4f} over {row['seeds']} seeds")
     print(f"report: {summary['report']}")
 
 

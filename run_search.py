@@ -9,10 +9,16 @@
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
 from tune_fusion.cli import run
-from tune_fusion.search import DEFAULT_STORAGE, best_checkpoint_path, run_search
-from tune_fusion.space import load_spec
+from tune_fusion.names import DEFAULT_STORAGE
+
+
+def flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """``--num-samples`` and ``--num_samples`` alike, as the other commands accept both."""
+    parser.add_argument(f"--{name}", f"--{name.replace('-', '_')}", **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,26 +29,48 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="experiment storage: a path or s3://, gs://")
     parser.add_argument("--name", help="experiment name (default: the space file's name)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
-    parser.add_argument("--num-samples", type=int, help="trials to run (overrides the YAML)")
-    parser.add_argument("--max-concurrent", type=int, help="trials at once (overrides the YAML)")
-    parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (overrides the YAML)")
-    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (overrides the YAML)")
+    flag(parser, "num-samples", type=int, help="trials to run (overrides the YAML)")
+    flag(parser, "max-concurrent", type=int, help="trials at once (overrides the YAML)")
+    flag(parser, "cpus-per-trial", type=float, help="CPUs per trial (overrides the YAML)")
+    flag(parser, "gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (overrides the YAML)")
+    flag(parser, "warm-start", nargs="+", default=(), metavar="EXPERIMENT_DIR",
+         help="start the study from the finished trials of earlier searches (same or compatible space)")
+    parser.add_argument("--verbose", action="store_true", help="Ray's own status tables, warnings and trial logs")
     args = parser.parse_args(argv)
+
+    from tune_fusion.search import run_search
+    from tune_fusion.space import load_spec
 
     resources = {k: v for k, v in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)) if v is not None}
     spec = load_spec(args.space, {"num_samples": args.num_samples, "max_concurrent": args.max_concurrent,
                                   "resources": resources or None})
-    outcome = run_search(spec, address=args.address, storage=args.storage, name=args.name, resume=args.resume)
-    print(f"\nexperiment: {outcome.experiment_dir}")
-    print(f"trials: {len(outcome.results)} ({outcome.results.num_errors} errored)")
+    start = time.monotonic()
+    print(f"search {args.name or spec.name}: {spec.num_samples} trials, {spec.max_concurrent} at once, "
+          f"target {spec.base.data.target}")
+    outcome = run_search(spec, address=args.address, storage=args.storage, name=args.name, resume=args.resume,
+                         verbose=args.verbose, warm_start=tuple(args.warm_start))
+    print_summary(outcome, time.monotonic() - start)
+
+
+def print_summary(outcome, seconds: float) -> None:
+    """How the trials ended, the best one with its unit beside the mean predictor's, and what to run next."""
+    from tune_fusion.analysis import read_trials, status_counts
+    from tune_fusion.search import best_checkpoint_path, format_value
+    from tune_fusion.units import with_unit
+
+    trials = read_trials(Path(outcome.experiment_dir), stale_after_s=0)
+    minutes, rest = divmod(int(seconds), 60)
+    print(f"\n{len(trials)} trials in {minutes} min {rest} s: {status_counts(trials)}")
     if outcome.best is None:
-        print("no trial reported a validation MAE")
+        print("no trial reported a validation MAE; read the trials' error.txt in " + outcome.experiment_dir)
         return
-    print(f"best trial: {outcome.best.path}")
-    print(f"best validation MAE: {outcome.best_val_mae:.4f}")
-    print(f"searched parameters: {outcome.best.config}")
+    target = outcome.target
+    print(f"best validation MAE: {with_unit(outcome.best_val_mae, target)} (trial {outcome.best.path.rsplit('_', 1)[-1]}"
+          f"); predicting the training mean scores {with_unit(outcome.mean_predictor_mae, target)}")
+    print("best parameters: " + " ".join(f"{k}={format_value(v)}" for k, v in outcome.best.config.items()))
     print(f"checkpoint (best weights under 'best_model'): {best_checkpoint_path(outcome.best)}")
-    print(f"inspect: tensorboard --logdir {outcome.experiment_dir}")
+    print(f"next:  tensorboard --logdir {outcome.experiment_dir}")
+    print(f"       python analyze_trials.py {outcome.experiment_dir}")
 
 
 if __name__ == "__main__":

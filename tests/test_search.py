@@ -51,6 +51,31 @@ def test_study_persisted_with_pruned_trials(finished_search):
             assert trial.value == pytest.approx(best_by_trial[f"trial_{trial.user_attrs['ray_trial_id']}"])
 
 
+def test_every_epoch_is_an_intermediate_value_of_its_optuna_trial(finished_search):
+    outcome, exp_dir = finished_search
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
+    rows = trial_rows(exp_dir)
+    for trial in study.trials:
+        epochs = rows[f"trial_{trial.user_attrs['ray_trial_id']}"]
+        assert trial.intermediate_values == pytest.approx({r["training_iteration"]: r["val_mae"] for r in epochs})
+        if trial.state == optuna.trial.TrialState.PRUNED:  # Optuna's rule: the value of the last reported epoch
+            assert trial.value == pytest.approx(epochs[-1]["val_mae"])
+
+
+def test_warm_start_feeds_exactly_the_earlier_trials(finished_search, tmp_path):
+    from tune_fusion.search import feed_earlier_trials
+
+    outcome, exp_dir = finished_search
+    earlier = optuna.load_study(study_name="tiny", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
+    spec = load_spec(Path(exp_dir).parent.parent / "tiny.yaml")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'new.db'}")
+    assert feed_earlier_trials(exp_dir, spec, storage, "new") == 6
+    fed = optuna.load_study(study_name="new", storage=storage).trials
+    assert [(t.params, t.state, t.values, t.intermediate_values) for t in fed] == [
+        (t.params, t.state, t.values, t.intermediate_values) for t in earlier.trials]
+    assert all(t.user_attrs["warm_start_from"] == str(exp_dir) for t in fed)
+
+
 def test_conditional_parameters_follow_their_conditions(finished_search):
     outcome, _ = finished_search
     for result in outcome.results:

@@ -113,6 +113,8 @@ BAD_YAML = [
      "'lr' is not a searched parameter"),
     ("fixed: {epochs: 30, batch_size: 64, use_middle_fusion: true} => fixed: {epochs: 30, middle_fusion_layers: '2'}",
      "'middle_fusion_layers' is both fixed and searched"),
+    ("sampler: tpe => sampler: tpe, n_startup_trials: -1", "n_startup_trials=-1 must be >= 0"),
+    ("sampler: tpe => sampler: tpe, multivariate: maybe", "multivariate='maybe' must be a bool"),
     # the error names the key that is wrong, not the first one checked after it
     ('values: ["2", "3", "2,3"] => values: ["9"]', "search.middle_fusion_layers: value '9' names layer(s) [9]"),
     ('values: ["2", "3", "2,3"] => values: ["two"]', "search.middle_fusion_layers: middle_fusion_layers='two' is not"),
@@ -155,3 +157,25 @@ def test_run_search_cli_reports_bad_space_in_one_line_before_ray_starts(tmp_path
 def test_missing_space_file():
     with pytest.raises(ConfigError, match="search space nowhere.yaml not found"):
         load_spec(Path("nowhere.yaml"))
+    with pytest.raises(ConfigError, match="Did you mean 'middle_fusion.yaml'"):
+        load_spec(Path("search_spaces/middle-fusion.yaml"))
+
+
+def test_tpe_settings_scale_with_the_budget_and_reach_the_sampler(tmp_path):
+    from tune_fusion.search import make_sampler
+
+    spec = parse_spec(yaml.safe_load(VALID), "valid.yaml")
+    assert spec.searcher.multivariate and spec.searcher.group and spec.searcher.constant_liar
+    assert [spec.searcher.startup_trials(n) for n in (4, 8, 32, 64, 200)] == [2, 2, 8, 16, 16]
+    sampler = make_sampler(spec)
+    assert sampler._n_startup_trials == 8 and sampler._multivariate and sampler._group and sampler._constant_liar
+    custom = parse_spec(yaml.safe_load(edit("sampler: tpe => sampler: tpe, n_startup_trials: 5, constant_liar: false")),
+                        "custom.yaml")
+    assert make_sampler(custom)._n_startup_trials == 5 and not make_sampler(custom)._constant_liar
+
+
+def test_a_bad_warm_start_is_a_one_line_error_before_ray_starts(tmp_path):
+    out = subprocess.run([sys.executable, "run_search.py", "--space", str(REPO / "search_spaces" / "quickstart.yaml"),
+                          "--warm-start", str(tmp_path), "--storage", str(tmp_path / "r")], capture_output=True,
+                         text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "no Optuna study" in out.stderr

@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -19,12 +18,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tune_fusion import diagnostics, plots
+from tune_fusion.ablation import text_ablation
 from tune_fusion.errors import ConfigError, DataError
-from tune_fusion.export import export_best, load_checkpoint, open_model
-from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, STUDY_FILE, Status, StopReason, is_uri, study_path
-from tune_fusion.report import format_table, write_report
-from tune_fusion.train import test_once
+from tune_fusion.export import checkpoint_config, export_best, load_checkpoint, open_model
+from tune_fusion.names import (
+    CHECKPOINT_FILE,
+    FINISHED,
+    METRIC,
+    SPACE_FILE,
+    STUDY_FILE,
+    Status,
+    StopReason,
+    is_uri,
+    study_path,
+)
+from tune_fusion.report import format_table, write_csv, write_report
+from tune_fusion.train import TrainedModel, test_once
+from tune_fusion.units import unit
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +189,14 @@ def read_trials(folder: Path, stale_after_s: float = STALE_AFTER_S) -> list[Tria
     return sorted(trials, key=lambda t: (t.best_val_mae is None, t.best_val_mae or 0.0, t.trial_id))
 
 
+def status_counts(trials: list[TrialInfo]) -> str:
+    """``5 completed, 3 stopped early by the scheduler, 0 diverged, 0 errored`` (+ any other status present)."""
+    always = (Status.COMPLETED, Status.STOPPED_BY_SCHEDULER, Status.DIVERGED, Status.ERRORED)
+    shown = [s for s in Status if s in always or any(t.status == s for t in trials)]
+    labels = {Status.STOPPED_BY_SCHEDULER: "stopped early by the scheduler"}
+    return ", ".join(f"{sum(t.status == s for t in trials)} {labels.get(s, s.label)}" for s in shown)
+
+
 def searched_params(trials: list[TrialInfo]) -> list[str]:
     """Names of the searched parameters, in order of first appearance."""
     return list(dict.fromkeys(name for t in trials for name in t.params))
@@ -189,22 +210,13 @@ def table_rows(trials: list[TrialInfo]) -> list[dict[str, Any]]:
             for t in trials]
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def best_trial(trials: list[TrialInfo], folder: Path) -> TrialInfo:
     """The trial with the lowest validation MAE that has a checkpoint (validation only: test plays no part)."""
     usable = [t for t in trials if t.best_val_mae is not None and t.checkpoint is not None]
     if not usable:
-        counts = ", ".join(f"{sum(t.status == s for t in trials)} {s.value}" for s in Status
-                           if any(t.status == s for t in trials))
         raise DataError(f"experiment {folder} has no trial with a validation MAE and a checkpoint yet "
-                        f"({len(trials)} trials: {counts or 'none'}); wait for a first epoch, or read trial_*/error.txt")
+                        f"({len(trials)} trials: {status_counts(trials)}); wait for a first epoch, or read "
+                        "trial_*/error.txt")
     return min(usable, key=lambda t: t.best_val_mae)
 
 
@@ -250,60 +262,151 @@ def parameter_importance(folder: Path, experiment: str | None = None) -> tuple[d
 def analyze(experiment: str | Path | None = None, output: str | Path | None = None, *, top_k: int = 5,
             diagnose: int = 0, crystals: int = 0, export: str | Path | None = None,
             compare: tuple[str, str] | None = None, scale_text: float | None = None,
-            checkpoint: str | Path | None = None, device: str = "auto", cache_dir: str | None = None) -> dict[str, Any]:
-    """Everything ``analyze_trials.py`` does; returns a summary (also in ``<output>/summary.json``)."""
-    for name, value, low in (("top_k", top_k, 1), ("diagnose", diagnose, 0), ("crystals", crystals, 0)):
+            checkpoint: str | Path | None = None, device: str = "auto", cache_dir: str | None = None,
+            permutations: int = 5) -> dict[str, Any]:
+    """Everything ``analyze_trials.py`` does; returns a summary (also in ``<output>/summary.json``).
+
+    ``experiment``: a search's folder (or URI), or a standalone training run's output folder. ``checkpoint`` alone
+    diagnoses that checkpoint (with ``scale_text``, rescales it). ``export`` "" means ``<output>/export``.
+    """
+    for name, value, low in (("top_k", top_k, 1), ("diagnose", diagnose, 0), ("crystals", crystals, 0),
+                             ("permutations", permutations, 1)):
         if value < low:
             raise ConfigError(f"{name}={value} must be >= {low}")
     if scale_text is not None and not (math.isfinite(scale_text) and scale_text > 0):
         raise ConfigError(f"scale_text={scale_text}: the factor must be a finite number > 0, e.g. 12")
-    if experiment is None and not compare and not (scale_text and checkpoint):
-        raise ConfigError("give an experiment folder, or two checkpoints to compare, or a text scale factor with a "
-                          "checkpoint")
+    if experiment is None and not compare and not checkpoint:
+        raise ConfigError("give an experiment or run folder, a checkpoint, or two checkpoints to compare")
     if output is None and experiment is None:
         raise ConfigError("an output folder is needed when no experiment folder is given")
-    folder = locate_experiment(experiment) if experiment is not None else None
+    folder = None
+    if experiment is not None:
+        folder = _run_dir(experiment) or locate_experiment(experiment)
     if output is None:
         output = (Path(f"{folder.name}-analysis") if is_uri(str(experiment)) else
                   folder.parent / f"{folder.name}-analysis")
     out = Path(output).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if export == "":
+        export = out / "export"
     summary: dict[str, Any] = {"output": str(out), "experiment": str(experiment) if experiment else None}
-    if folder is not None:
+    if folder is not None and _run_dir(folder):
+        summary.update(_analyze_run_dir(folder, out, crystals, device, cache_dir, permutations))
+    elif folder is not None:
         summary.update(_analyze_experiment(folder, str(experiment), out, top_k, diagnose, crystals, export, device,
-                                           cache_dir))
+                                           cache_dir, permutations))
     if compare:
         summary["compare"] = diagnostics.compare(compare[0], compare[1], out, crystals, device, cache_dir)
     if scale_text is not None:
         source = checkpoint or (summary.get("best") or {}).get("checkpoint")
         summary["scale_text"] = diagnostics.scale_text(source, scale_text, out, crystals, device, cache_dir)
+    elif checkpoint is not None:
+        summary.update(analyze_checkpoint(checkpoint, out, crystals, device, cache_dir, permutations))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     summary["report"] = str(write_report(out, summary))
     return summary
 
 
+RUN_FILES = ("history_train.json", "best_val_model.pt")  # a standalone run's output folder holds these
+
+
+def _run_dir(location: str | Path) -> Path | None:
+    """The folder, when it is a standalone training run's output (``python -m tune_fusion.train``), else None."""
+    if is_uri(str(location)):
+        return None
+    folder = Path(location).expanduser().resolve()
+    return folder if all((folder / name).is_file() for name in RUN_FILES) else None
+
+
+def analyze_checkpoint(path: str | Path, out: Path, crystals: int = 0, device: str = "auto",
+                       cache_dir: str | None = None, permutations: int = 5, tag: str = "checkpoint",
+                       ) -> dict[str, Any]:
+    """One checkpoint, no experiment needed (a trial's ``checkpoint.pt``, a standalone ``best_val_model.pt``, an
+    exported ``best_model.pt``): validation MAE, fusion diagnostics with the guide's checks, alpha arrays, figures
+    and per-element table, and the text ablation."""
+    trained = open_model(load_checkpoint(path), path, device, cache_dir)
+    target = trained.cfg.data.target
+    found = diagnostics.diagnose(trained, diagnostics.first_of_split(trained.data, "val", crystals))
+    diagnosis = diagnostics.write_diagnosis(found, out / "diagnostics", tag, str(path))
+    ablation = write_ablation({tag: text_ablation(trained, "val", permutations)}, out, target)
+    return {"target": target, "checkpoint": {"path": str(path), "target": target, "unit": unit(target),
+                                             "val_mae": diagnosis["val_mae"],
+                           "graph_only": trained.cfg.model.graph_only, "diagnosis": diagnosis}, "ablation": ablation}
+
+
+def write_ablation(found: dict[str, dict[str, Any]], out: Path, target: str) -> dict[str, Any]:
+    """``text_ablation.csv`` and its bar chart for the labelled ablations (one per model)."""
+    rows = [{"model": label, **row} for label, ablation in found.items() for row in ablation["rows"]]
+    write_csv(rows, out / "text_ablation.csv")
+    figure = plots.text_ablation_bars(rows, target, "What the text is worth (validation crystals)")
+    name = plots.save(figure, out / "text_ablation.png", vector=True).name
+    return {"models": found, "csv": "text_ablation.csv", "figure": name}
+
+
+def _analyze_run_dir(folder: Path, out: Path, crystals: int, device: str, cache_dir: str | None,
+                     permutations: int) -> dict[str, Any]:
+    """A standalone run: its learning curves and text_scale per layer over epochs (the original
+    ``monitor_text_scale.py``), its test result, and the diagnosis of its best checkpoint."""
+    history = json.loads((folder / "history_train.json").read_text())
+    validation = {row["epoch"]: row for row in json.loads((folder / "history_val.json").read_text())}
+    rows = [{**row, **validation.get(row["epoch"], {}), "training_iteration": row["epoch"]} for row in history]
+    config = json.loads((folder / "config.json").read_text())
+    target = config.get("target", "")
+    run = TrialInfo(folder.name, folder, {}, rows, Status.COMPLETED, "", folder / "best_val_model.pt")
+    figures = {"learning_curves": plots.save(plots.learning_curves([run], target), out / "learning_curves.png").name}
+    scales = plots.text_scale_curves([run])
+    if scales:
+        figures["text_scale"] = plots.save(scales, out / "text_scale.png").name
+    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    result = {"run": {"folder": str(folder), "epochs": len(rows), "metrics": metrics}, "figures": figures,
+              "target": target, "unit": unit(target)}
+    result.update(analyze_checkpoint(folder / "best_val_model.pt", out, crystals, device, cache_dir, permutations,
+                                     tag=folder.name))
+    return result
+
+
+def read_space(folder: Path) -> dict[str, Any]:
+    """The search's ``search_space.json`` (target and distributions), or {} for searches that did not write one."""
+    try:
+        return json.loads((folder / SPACE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def is_graph_only(trial: TrialInfo, default: bool) -> bool:
+    """Whether the trial trained the graph-only baseline (searched, or the search's fixed setting ``default``)."""
+    return bool(trial.params.get("graph_only", default))
+
+
 def _analyze_experiment(folder: Path, experiment: str, out: Path, top_k: int, diagnose: int, crystals: int,
-                        export: str | Path | None, device: str, cache_dir: str | None) -> dict[str, Any]:
+                        export: str | Path | None, device: str, cache_dir: str | None, permutations: int = 5,
+                        ) -> dict[str, Any]:
     trials = read_trials(folder)
     rows = table_rows(trials)
     write_csv(rows, out / "trials.csv")
-    params = searched_params(trials)
-    figures = {"learning_curves": plots.learning_curves(trials, out / "learning_curves.png").name}
-    if params:
-        figures["params"] = plots.params_vs_metric(trials, params, out / "params_vs_val_mae.png").name
-    ranked = [t for t in trials if t.best_val_mae is not None]
-    text_scale = plots.text_scale_curves(ranked[:top_k], out / "text_scale.png")
-    if text_scale:
-        figures["text_scale"] = text_scale.name
-    result: dict[str, Any] = {"table": rows, "table_text": format_table(rows), "figures": figures}
     best = best_trial(trials, folder)
     ckpt = load_checkpoint(best.checkpoint)
+    space = read_space(folder)
+    target = checkpoint_config(ckpt, best.checkpoint).data.target
+    params = searched_params(trials)
+    figures = {"learning_curves": plots.save(plots.learning_curves(trials, target), out / "learning_curves.png").name}
+    if params:
+        figure = plots.params_vs_metric(trials, params, target, space.get("params"))
+        figures["params"] = plots.save(figure, out / "params_vs_val_mae.png").name
+    ranked = [t for t in trials if t.best_val_mae is not None]
+    text_scale = plots.text_scale_curves(ranked[:top_k])
+    if text_scale:
+        figures["text_scale"] = plots.save(text_scale, out / "text_scale.png").name
+    result: dict[str, Any] = {"table": rows, "table_text": format_table(rows), "figures": figures, "target": target,
+                              "unit": unit(target), "status_counts": status_counts(trials)}
     trained = open_model(ckpt, best.checkpoint, device, cache_dir)
-    metrics = {"val_mae": float(ckpt["val_mae"]), "best_epoch": ckpt.get("best_epoch")}
+    metrics = {"val_mae": float(ckpt["val_mae"]), "best_epoch": ckpt.get("best_epoch"), "target": target,
+               "unit": unit(target)}
     test = test_once(trained, out)  # the one test evaluation of the search
     if test:
-        figures["parity"] = plots.parity(test["target"], test["prediction"], out / "parity_test.png",
-                                         f"Best trial {best.trial_id}: test split (evaluated once)").name
+        figure = plots.parity(test["target"], test["prediction"], target,
+                              f"Best trial {best.trial_id}: test split (evaluated once)")
+        figures["parity"] = plots.save(figure, out / "parity_test.png", vector=True).name
         metrics.update({k: v for k, v in test.items() if k.startswith("test_")}, test_note=TEST_NOTE)
     result["best"] = {"trial": best.trial_id, "status": best.status.value, "params": best.params,
                       "checkpoint": str(best.checkpoint), **metrics}
@@ -312,13 +415,77 @@ def _analyze_experiment(folder: Path, experiment: str, out: Path, top_k: int, di
     result["importance"] = {"values": importances, "note": note}
     if importances:
         write_csv([{"parameter": k, "importance": v} for k, v in importances.items()], out / "importance.csv")
-        figures["importance"] = plots.importance_bar(importances, out / "importance.png").name
+        figures["importance"] = plots.save(plots.importance_bar(importances), out / "importance.png").name
     if diagnose:
         chosen = [t for t in ranked if t.checkpoint is not None][:diagnose]
         found = {t.trial_id: diagnostics.diagnose_checkpoint(t.checkpoint, out / "diagnostics", t.trial_id, crystals,
                                                              device, cache_dir, trained.data) for t in chosen}
-        figure = plots.fusion_summary(found, out / "diagnostics" / "fusion_summary.png")
-        result["diagnostics"] = {"trials": found, "figure": f"diagnostics/{figure.name}" if figure else None}
+        figure = plots.fusion_summary(found)
+        name = plots.save(figure, out / "diagnostics" / "fusion_summary.png", vector=True).name if figure else None
+        result["diagnostics"] = {"trials": found, "figure": f"diagnostics/{name}" if name else None}
+    result["ablation"] = _ablations(trials, trained, checkpoint_config(ckpt, best.checkpoint).model.graph_only, out,
+                                    target, device, cache_dir, permutations)
+    confirmation = read_confirmation(folder)
+    if confirmation:
+        result["confirmation"] = confirmation
+        write_csv(confirmation["rows"], out / "confirmation.csv")
     if export:
         result["export"] = str(export_best(best.checkpoint, export, metrics))
+    return result
+
+
+def _ablations(trials: list[TrialInfo], trained: TrainedModel, base_graph_only: bool, out: Path, target: str,
+               device: str, cache_dir: str | None, permutations: int) -> dict[str, Any]:
+    """The text ablation of the best trial, and, where the search ran both kinds, of the best fused and the best
+    graph-only trial side by side."""
+    usable = [t for t in trials if t.best_val_mae is not None and t.checkpoint is not None]
+    chosen = {}
+    for graph_only, label in ((False, "best fused"), (True, "best graph-only")):
+        found = min((t for t in usable if is_graph_only(t, base_graph_only) == graph_only),
+                    key=lambda t: t.best_val_mae, default=None)
+        if found is not None:
+            chosen[f"{label} ({found.trial_id})"] = found
+    models = {}
+    for label, trial in chosen.items():
+        model = open_model(load_checkpoint(trial.checkpoint), trial.checkpoint, device, cache_dir, trained.data)
+        models[label] = text_ablation(model, "val", permutations)
+    return write_ablation(models, out, target)
+
+
+CONFIRM_SUFFIX = "-confirm"  # the confirmation experiment of search X is X-confirm beside it
+
+
+def read_confirmation(folder: Path) -> dict[str, Any] | None:
+    """The retrained configurations of ``<experiment>-confirm`` (``analyze_trials.py --confirm``): per
+    configuration the best validation MAE of each seed, their mean and standard deviation; None when absent."""
+    confirm = folder.parent / f"{folder.name}{CONFIRM_SUFFIX}"
+    if not confirm.is_dir():
+        return None
+    groups: dict[str, dict[str, Any]] = {}
+    for trial in read_trials(confirm, stale_after_s=0):
+        job = trial.params.get("job", {})
+        label = str(job.get("confirms", trial.trial_id))
+        group = groups.setdefault(label, {"configuration": label,
+                                          "graph_only": bool(job.get("config", {}).get("graph_only")), "maes": []})
+        if trial.best_val_mae is not None and trial.status == Status.COMPLETED:
+            group["maes"].append(trial.best_val_mae)
+    rows = []
+    for group in groups.values():
+        maes = group.pop("maes")
+        if maes:
+            rows.append({**group, "seeds": len(maes), "mean_val_mae": float(np.mean(maes)),
+                         "std_val_mae": float(np.std(maes, ddof=1)) if len(maes) > 1 else 0.0,
+                         "val_maes": " ".join(f"{m:.4f}" for m in maes)})
+    rows.sort(key=lambda r: r["mean_val_mae"])
+    if not rows:
+        return None
+    result: dict[str, Any] = {"folder": str(confirm), "rows": rows, "best": rows[0]["configuration"]}
+    fused = next((r for r in rows if not r["graph_only"]), None)
+    graph = next((r for r in rows if r["graph_only"]), None)
+    if fused and graph:
+        difference = graph["mean_val_mae"] - fused["mean_val_mae"]
+        spread = max(fused["std_val_mae"], graph["std_val_mae"])
+        result["fused_vs_graph"] = {"fused": fused["configuration"], "graph_only": graph["configuration"],
+                                    "difference": difference, "spread": spread,
+                                    "exceeds_spread": abs(difference) > spread}
     return result

@@ -18,18 +18,23 @@ from tune_fusion.errors import TuneFusionError
 log = logging.getLogger(__name__)
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
+def connect(address: str | None = None, num_cpus: int | None = None, verbose: bool = True) -> bool:
     """Start a fresh local Ray (``address`` None) or join a running cluster; True when this call started it.
 
     A fresh local instance never joins a stale one left by a killed driver (``address="local"``) and runs on the
     loopback address. Joining a cluster uses Ray's token authentication (unless ``RAY_AUTH_MODE`` says otherwise):
     the driver needs the cluster's token, like every node. The dashboard, when Ray runs one, binds to 127.0.0.1.
+    ``verbose`` False keeps Ray's warnings and the workers' output off the console (they stay in Ray's logs).
     """
     import ray
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"configure_logging": True, "logging_level": logging.WARNING, "log_to_driver": True}
+    # quiet: Ray's own warnings and the trials' log lines stay in Ray's log files (verbose brings them back)
+    kwargs: dict[str, Any] = {"configure_logging": True, "logging_level": logging.WARNING if verbose else logging.ERROR,
+                              "log_to_driver": verbose}
+    if not verbose:
+        logging.getLogger("ray").setLevel(logging.ERROR)
     if address is None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
         return True

@@ -31,6 +31,7 @@ from tune_fusion.data import Batch, PreparedData
 from tune_fusion.errors import DataError
 from tune_fusion.export import load_checkpoint, load_weights, open_model, plain_checkpoint, scaled_text_state
 from tune_fusion.model import ModelOutput
+from tune_fusion.report import write_csv
 from tune_fusion.train import TrainedModel, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def diagnose(trained: TrainedModel, indices: torch.Tensor) -> Diagnosis:
     layers = {}
     for name, measures in per_atom.items():
         values = {key: torch.cat(parts).double() for key, parts in measures.items()}
-        layers[name] = _layer_summary(values, float(model.middle_fusion_modules[name].text_scale.detach()), z)
+        layers[name] = _layer_summary(values, float(model.middle_fusion_modules[name].text_scale.detach()), z,
+                                      torch.from_numpy(arrays["atom_crystal"]))
         arrays[f"alpha_{name}"] = values["alpha"].numpy()
         arrays[f"crystal_alpha_{name}"] = torch.cat(crystal_alpha[name]).double().numpy()
     summary = {"split": "val", "crystals": found["crystals"], "atoms": int(z.numel()), "val_mae": found["mae"],
@@ -109,13 +111,17 @@ def diagnose(trained: TrainedModel, indices: torch.Tensor) -> Diagnosis:
     return Diagnosis(summary, arrays)
 
 
-def _layer_summary(values: dict[str, torch.Tensor], text_scale: float, z: torch.Tensor) -> dict[str, Any]:
+def _layer_summary(values: dict[str, torch.Tensor], text_scale: float, z: torch.Tensor, crystal: torch.Tensor,
+                   ) -> dict[str, Any]:
     alpha = values["alpha"]
     per_element = {}
     for number in sorted(set(z.tolist())):
-        chosen = alpha[z == number]
-        per_element[atomic_numbers_to_symbols([number])[0]] = {"mean": float(chosen.mean()), "atoms": len(chosen)}
-    return {
+        where = z == number
+        chosen = alpha[where]
+        per_element[atomic_numbers_to_symbols([number])[0]] = {
+            "atoms": len(chosen), "crystals": len(set(crystal[where].tolist())), "mean": float(chosen.mean()),
+            "std": float(chosen.std(unbiased=False))}
+    summary = {
         "text_scale": text_scale,
         "h_in_norm": float(values["h_norm"].mean()), "u_norm": float(values["u_norm"].mean()),
         "norm_ratio": float(values["h_norm"].mean() / values["u_norm"].mean().clamp_min(1e-12)),
@@ -125,20 +131,60 @@ def _layer_summary(values: dict[str, torch.Tensor], text_scale: float, z: torch.
                   "max": float(alpha.max()), "range": float(alpha.max() - alpha.min())},
         "alpha_per_element": per_element,
     }
+    summary["warnings"] = fusion_warnings(summary)
+    return summary
+
+
+# The original guide's checks. text_scale: above 50 it explodes, below 0.1 the text is switched off (marks that do
+# not depend on the encoder). The node/text norm ratio and the cosine: the guide's "balanced 0.9-1.2" and "low below
+# 0.3" assume MatSciBERT vectors; the default MiniLM vectors are L2-normalised, so the bounds below come from what
+# trained models on the bundled data measure (README, "Fusion checks").
+TEXT_SCALE_EXPLODING, TEXT_SCALE_COLLAPSING = 50.0, 0.1
+NORM_RATIO_RANGE = (0.2, 20.0)
+LOW_COSINE = 0.05
+
+
+def fusion_warnings(layer: dict[str, Any]) -> list[str]:
+    """The guide's checks on one fused layer's diagnosis, as warnings with the numbers (empty when all pass)."""
+    found = []
+    scale, ratio, cosine = abs(layer["text_scale"]), layer["norm_ratio"], layer["cos_after"]
+    if scale > TEXT_SCALE_EXPLODING:
+        found.append(f"text_scale {scale:.3g} > {TEXT_SCALE_EXPLODING:g}: exploding; lower middle_fusion_initial_scale "
+                     "or turn on middle_fusion_use_gate_norm")
+    if scale < TEXT_SCALE_COLLAPSING:
+        found.append(f"text_scale {scale:.3g} < {TEXT_SCALE_COLLAPSING:g}: collapsing, the text is switched off; raise "
+                     "middle_fusion_initial_scale or fix it (middle_fusion_use_learnable_scale false)")
+    low, high = NORM_RATIO_RANGE
+    if not low <= ratio <= high:
+        side = "atoms drown the text" if ratio > high else "the text drowns the atoms"
+        found.append(f"node/text norm ratio {ratio:.3g} outside [{low:g}, {high:g}]: {side}; adjust the text scale")
+    if cosine < LOW_COSINE:
+        found.append(f"cosine of fused atoms and text {cosine:.3g} < {LOW_COSINE:g}: the text barely shapes the atom "
+                     "features; try middle_fusion_use_gate_norm or a larger text scale")
+    return found
 
 
 def write_diagnosis(diagnosis: Diagnosis, out_dir: Path, tag: str, source: str) -> dict[str, Any]:
     """``diagnostics_<tag>.json``, ``alpha_<tag>.npz`` and the alpha figures; returns the summary with file names."""
     out_dir.mkdir(parents=True, exist_ok=True)
     per_element = {layer: v["alpha_per_element"] for layer, v in diagnosis.summary["layers"].items()}
-    figures = plots.alpha_figures(diagnosis.arrays, per_element, out_dir, tag)
+    figures = [plots.save(fig, out_dir / f"{name}.png", vector=True).name
+               for name, fig in plots.alpha_figures(diagnosis.arrays, per_element, tag).items()]
     np.savez(out_dir / f"alpha_{tag}.npz", **diagnosis.arrays)
-    summary = {"checkpoint": source, **diagnosis.summary, "arrays": f"alpha_{tag}.npz",
-               "figures": [p.name for p in figures]}
+    rows = [{"layer": layer, "element": element, **values} for layer, elements in per_element.items()
+            for element, values in elements.items()]
+    if rows:
+        write_csv(rows, out_dir / f"alpha_by_element_{tag}.csv")
+    summary = {"checkpoint": source, **diagnosis.summary, "arrays": f"alpha_{tag}.npz", "figures": figures,
+               "alpha_by_element": f"alpha_by_element_{tag}.csv" if rows else None}
     (out_dir / f"diagnostics_{tag}.json").write_text(json.dumps(summary, indent=1))
+    for layer, values in diagnosis.summary["layers"].items():
+        for warning in values["warnings"]:
+            log.warning("%s %s: %s", source, layer, warning)
     if not diagnosis.summary["layers"]:
         log.info("%s has no middle-fusion layer: only its validation MAE is reported", source)
     return summary
+
 
 
 def diagnose_checkpoint(path: str | Path, out_dir: Path, tag: str, crystals: int = 0, device: str = "auto",
@@ -159,9 +205,10 @@ def compare(path_a: str | Path, path_b: str | Path, out_dir: Path, crystals: int
     model_b = open_model(load_checkpoint(path_b), path_b, device, cache_dir)
     b = write_diagnosis(diagnose(model_b, indices_for_ids(model_b.data, ids, str(path_b))), out_dir, "B",
                         str(path_b))
-    figure = plots.fusion_summary({"A": a, "B": b}, out_dir / "compare_fusion.png")
+    figure = plots.fusion_summary({"A": a, "B": b})
+    name = plots.save(figure, out_dir / "compare_fusion.png", vector=True).name if figure else None
     result = {"crystals": len(ids), "val_mae_difference_b_minus_a": b["val_mae"] - a["val_mae"], "a": a, "b": b,
-              "figure": figure.name if figure else None}
+              "figure": name}
     (out_dir / "compare.json").write_text(json.dumps(result, indent=1))
     return result
 

@@ -11,6 +11,7 @@ METRIC, MODE = "val_mae", "min"  # what every search optimises: validation MAE o
 FINISHED = "trial_finished"  # 1 on a trial's last report when it ended by itself (epochs, early stop, NaN, ...)
 CHECKPOINT_FILE = "checkpoint.pt"  # inside each of a trial's checkpoint_* folders
 STUDY_FILE = "optuna_study.db"  # the persisted Optuna study, in the experiment folder
+SPACE_FILE = "search_space.json"  # the searched parameters' distributions and the target, for the analysis
 DEFAULT_STORAGE = "~/ray_results"
 
 

@@ -1,7 +1,9 @@
-"""The analysis figures (PNG, matplotlib's Agg canvas; no pyplot state, no display needed).
+"""The analysis figures (matplotlib's Agg canvas; no pyplot state, no display needed).
 
-Every function takes plain data (trial rows, arrays, dicts), writes one PNG and returns its path. Trials are
-duck-typed: ``trial_id``, ``status``, ``params``, ``history`` (the reported rows) and ``best_val_mae``.
+Every function takes plain data (trial rows, arrays, dicts) and returns a ``Figure`` whose axes carry labels with
+units and a legend or caption, so a reader who did not write them can read them; ``save`` writes it as PNG (and
+as PDF, for papers, where asked). Trials are duck-typed: ``trial_id``, ``status``, ``params``, ``history`` (the
+reported rows) and ``best_val_mae``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from tune_fusion.names import Status
+from tune_fusion.units import axis_label
 
 # trial status -> (line style, marker at the last epoch, colour)
 STATUS_STYLE = {
@@ -39,9 +42,12 @@ def _figure(ncols: int = 1, nrows: int = 1, width: float = 6.0, height: float = 
     return fig, np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save(fig: Figure, path: Path, vector: bool = False) -> Path:
+    """Write ``fig`` as PNG at ``path`` (and beside it as PDF when ``vector``); returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    if vector:
+        fig.savefig(path.with_suffix(".pdf"))
     return path
 
 
@@ -49,51 +55,66 @@ def _finite(values: Sequence[Any]) -> list[float]:
     return [float(v) if v is not None and math.isfinite(float(v)) else math.nan for v in values]
 
 
-def learning_curves(trials: Sequence[Any], path: Path) -> Path:
-    """Validation MAE per epoch of every trial; the line style and end marker say how each trial ended."""
-    fig, (ax,) = _figure(width=7.5)
+def _status_legend(ax: Axes, statuses: set, **kwargs: Any) -> None:
+    handles = [Line2D([], [], linestyle=STATUS_STYLE[s][0], marker=STATUS_STYLE[s][1], color=STATUS_STYLE[s][2],
+                      label=s.label) for s in Status if s in statuses]
+    ax.legend(handles=handles, title="trial ended", fontsize=8, **kwargs)
+
+
+def learning_curves(trials: Sequence[Any], target: str) -> Figure:
+    """Validation MAE per epoch of every trial, each line labelled with its trial id at its last epoch; the line
+    style and end marker say how the trial ended."""
+    fig, (ax,) = _figure(width=8.0, height=4.8)
     for trial in trials:
         rows = [r for r in trial.history if "val_mae" in r]
         if not rows:
             continue
         style, marker, colour = STATUS_STYLE[trial.status]
         epochs = [r.get("training_iteration", i + 1) for i, r in enumerate(rows)]
-        ax.plot(epochs, _finite([r["val_mae"] for r in rows]), linestyle=style, color=colour, alpha=0.8, lw=1.2)
-        ax.plot(epochs[-1:], _finite([rows[-1]["val_mae"]]), marker=marker, color=colour, linestyle="none")
-    present = [s for s in Status if any(t.status == s for t in trials)]
-    handles = [Line2D([], [], linestyle=STATUS_STYLE[s][0], marker=STATUS_STYLE[s][1], color=STATUS_STYLE[s][2],
-                      label=s.label) for s in present]
-    ax.legend(handles=handles, title="trial status", fontsize=8)
-    ax.set(xlabel="epoch", ylabel="validation MAE", title=f"Learning curves of {len(trials)} trials")
+        values = _finite([r["val_mae"] for r in rows])
+        ax.plot(epochs, values, linestyle=style, color=colour, alpha=0.8, lw=1.2)
+        ax.plot(epochs[-1:], values[-1:], marker=marker, color=colour, linestyle="none")
+        if math.isfinite(values[-1]):
+            ax.annotate(trial.trial_id[:8], (epochs[-1], values[-1]), xytext=(4, 0), textcoords="offset points",
+                        fontsize=7, va="center", color=colour)
+    _status_legend(ax, {t.status for t in trials}, loc="upper right")
+    ax.set(xlabel="epoch", ylabel=axis_label("validation MAE", target),
+           title=f"Learning curves of {len(trials)} trials (label: trial id)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
 def _is_numeric(values: Sequence[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def _scatter_param(ax: Axes, name: str, points: list[tuple[Any, float, str]]) -> None:
+def _scatter_param(ax: Axes, name: str, points: list[tuple[Any, float, Any]], distribution: Mapping[str, Any],
+                   target: str) -> None:
     values = [v for v, _, _ in points]
     colours = [STATUS_STYLE[s][2] for _, _, s in points]
     maes = [m for _, m, _ in points]
     if _is_numeric(values):
         ax.scatter(values, maes, c=colours, s=30)
-        positive = [v for v in values if v > 0]
-        if len(positive) == len(values) and max(values) / min(values) > 20:
+        if distribution.get("type") == "loguniform":
             ax.set_xscale("log")
+            name = f"{name} (log scale)"
     else:
-        labels = sorted({str(v) for v in values})
-        ax.scatter([labels.index(str(v)) for v in values], maes, c=colours, s=30)
+        labels = [str(v).lower() if isinstance(v, bool) else str(v) for v in distribution.get("values") or []]
+        labels += sorted({str(v).lower() if isinstance(v, bool) else str(v) for v in values} - set(labels))
+        shown = [labels.index(str(v).lower() if isinstance(v, bool) else str(v)) for v in values]
+        ax.scatter(shown, maes, c=colours, s=30)
         ax.set_xticks(range(len(labels)), labels)
         ax.set_xlim(-0.5, len(labels) - 0.5)
-    ax.set(xlabel=name, ylabel="best validation MAE")
+    ax.set(xlabel=name, ylabel=axis_label("best validation MAE", target))
     ax.grid(alpha=0.3)
 
 
-def params_vs_metric(trials: Sequence[Any], params: Sequence[str], path: Path) -> Path:
-    """One panel per searched parameter: its value against the trial's best validation MAE (colour = status)."""
+def params_vs_metric(trials: Sequence[Any], params: Sequence[str], target: str,
+                     distributions: Mapping[str, Mapping[str, Any]] | None = None) -> Figure:
+    """One panel per searched parameter: its value against the trial's best validation MAE; the colour says how the
+    trial ended (legend), log-uniform parameters get a log axis."""
+    distributions = distributions or {}
     cols = min(3, max(1, len(params)))
     rows = max(1, math.ceil(len(params) / cols))
     fig, axes = _figure(cols, rows, width=4.2, height=3.4)
@@ -101,101 +122,138 @@ def params_vs_metric(trials: Sequence[Any], params: Sequence[str], path: Path) -
         points = [(t.params[name], t.best_val_mae, t.status) for t in trials
                   if name in t.params and t.best_val_mae is not None]
         if points:
-            _scatter_param(ax, name, points)
+            _scatter_param(ax, name, points, distributions.get(name, {}), target)
         else:
             ax.set_title(f"{name}: no trial with a validation MAE")
     for ax in axes[len(params):]:
         ax.set_visible(False)
-    fig.suptitle("Searched parameters against best validation MAE")
-    return _save(fig, path)
+    _status_legend(axes[0], {t.status for t in trials}, loc="best")
+    fig.suptitle("Searched parameters against each trial's best validation MAE (colour: how the trial ended)")
+    return fig
 
 
-def text_scale_curves(trials: Sequence[Any], path: Path) -> Path | None:
-    """``text_scale`` of every fused layer per epoch for the given (top) trials; None when none has a fused layer."""
-    fig, (ax,) = _figure(width=7.0)
-    drawn = 0
+def text_scale_curves(trials: Sequence[Any]) -> Figure | None:
+    """``text_scale`` of every fused layer per epoch for the given (top) trials; None when no trial's scale moved
+    (fixed scales are flat lines hiding each other: the table has their values)."""
+    curves = []
     for trial in trials:
-        keys = sorted({k for r in trial.history for k in r if k.startswith("text_scale/")})
-        for key in keys:
+        for key in sorted({k for r in trial.history for k in r if k.startswith("text_scale/")}):
             rows = [r for r in trial.history if key in r]
-            ax.plot([r.get("training_iteration", i + 1) for i, r in enumerate(rows)], [r[key] for r in rows],
-                    marker=".", label=f"{trial.trial_id} {key.split('/', 1)[1]}")
-            drawn += 1
-    if not drawn:
+            values = [float(r[key]) for r in rows]
+            if max(values) - min(values) > 1e-9:
+                curves.append((f"trial {trial.trial_id[:8]}, {key.split('/', 1)[1]}",
+                               [r.get("training_iteration", r.get("epoch", i + 1)) for i, r in enumerate(rows)],
+                               values))
+    if not curves:
         return None
-    ax.set(xlabel="epoch", ylabel="text_scale", title="text_scale over epochs (top trials)")
+    fig, (ax,) = _figure(width=7.0)
+    for label, epochs, values in curves:
+        ax.plot(epochs, values, marker=".", label=label)
+    ax.set(xlabel="epoch", ylabel="text_scale (learned multiplier of the text, no unit)",
+           title="Learnable text_scale over epochs")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title="trial, fused layer")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
-def parity(target: np.ndarray, prediction: np.ndarray, path: Path, title: str) -> Path:
-    """Prediction against target, with the y = x line."""
-    fig, (ax,) = _figure(width=5.0, height=5.0)
-    ax.scatter(target, prediction, s=14, alpha=0.7)
-    both = np.concatenate([np.asarray(target, float), np.asarray(prediction, float)])
+def parity(target: np.ndarray, prediction: np.ndarray, target_name: str, title: str) -> Figure:
+    """Prediction against the DFT value, with the y = x line; the MAE in the legend."""
+    fig, (ax,) = _figure(width=5.2, height=5.2)
+    target, prediction = np.asarray(target, float), np.asarray(prediction, float)
+    mae = float(np.abs(prediction - target).mean())
+    ax.scatter(target, prediction, s=14, alpha=0.7, label=f"{len(target)} crystals, MAE {mae:.4g}")
+    both = np.concatenate([target, prediction])
     low, high = float(both.min()), float(both.max())
     pad = 0.05 * (high - low or 1.0)
-    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="black", lw=1)
-    ax.set(xlabel="target", ylabel="prediction", title=title, xlim=(low - pad, high + pad), ylim=(low - pad, high + pad))
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="black", lw=1, label="prediction = DFT value")
+    ax.set(xlabel=axis_label(f"DFT {target_name}", target_name), ylabel=axis_label(f"predicted {target_name}",
+                                                                                  target_name),
+           title=title, xlim=(low - pad, high + pad), ylim=(low - pad, high + pad))
     ax.set_aspect("equal")
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
-def importance_bar(importances: Mapping[str, float], path: Path) -> Path:
+def importance_bar(importances: Mapping[str, float]) -> Figure:
     """Horizontal bars of parameter importance, the most important on top."""
     names = list(importances)[::-1]
-    fig, (ax,) = _figure(width=6.0, height=1.0 + 0.45 * len(names))
+    fig, (ax,) = _figure(width=6.0, height=1.2 + 0.45 * len(names))
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
-    ax.set(xlabel="importance (Optuna, normalised)", title="Parameter importance for validation MAE")
+    ax.set(xlabel="importance for validation MAE (fANOVA, sums to 1)", ylabel="searched parameter",
+           title="Parameter importance")
     ax.grid(alpha=0.3, axis="x")
-    return _save(fig, path)
+    return fig
 
 
-# (summary key, axis label) of the per-layer fusion numbers drawn side by side
-FUSION_METRICS = (("text_scale", "text_scale"), ("norm_ratio", "node/text norm ratio"),
-                  ("cos_before", "cos(h_in, u)"), ("cos_after", "cos(h_out, u)"),
-                  ("relative_change", "|h_out - h_in| / |h_in|"), ("alpha_std", "alpha std"))
+# (summary key, panel title) of the per-layer fusion numbers drawn side by side
+FUSION_METRICS = (("text_scale", "text_scale (multiplier of the text)"),
+                  ("norm_ratio", "‖h_in‖ / ‖u‖ (atoms / text size)"),
+                  ("cos_before", "cos(h_in, u) before fusion"), ("cos_after", "cos(h_out, u) after fusion"),
+                  ("relative_change", "‖h_out − h_in‖ / ‖h_in‖"), ("alpha_std", "std of the gate alpha"))
+FUSION_CAPTION = ("h_in: atom features entering the fusion layer; u: the crystal's text vector after text_transform "
+                  "and text_scale, given to each of its atoms; h_out: atom features leaving the layer; alpha: the "
+                  "gate (0 = ignore the text, 1 = add all of it). Means over the validation crystals' atoms.")
 
 
-def fusion_summary(summaries: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
+def fusion_summary(summaries: Mapping[str, Mapping[str, Any]]) -> Figure | None:
     """Grouped bars per fused layer for each labelled diagnosis (top-k trials, or the two compared models)."""
     bars = [(label, layer, values) for label, summary in summaries.items()
             for layer, values in summary.get("layers", {}).items()]
     if not bars:
         return None
-    fig, axes = _figure(3, 2, width=4.0, height=3.2)
+    fig, axes = _figure(3, 2, width=4.2, height=3.3)
     names = [f"{label}\n{layer}" for label, layer, _ in bars]
-    for ax, (key, label) in zip(axes, FUSION_METRICS):
+    for ax, (key, title) in zip(axes, FUSION_METRICS):
         values = [v["alpha"]["std"] if key == "alpha_std" else v[key] for _, _, v in bars]
         ax.bar(range(len(bars)), values, color=[f"C{i % 10}" for i in range(len(bars))])
-        ax.set_xticks(range(len(bars)), names, fontsize=7)
-        ax.set_title(label, fontsize=10)
+        ax.set_xticks(range(len(bars)), names, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("model, fused layer", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Fusion diagnostics per fused layer (validation crystals)")
-    return _save(fig, path)
+    fig.text(0.01, -0.02, FUSION_CAPTION, fontsize=8, wrap=True, va="top")
+    return fig
 
 
-def alpha_figures(arrays: Mapping[str, np.ndarray], per_element: Mapping[str, Mapping[str, Any]], out_dir: Path,
-                  tag: str) -> list[Path]:
-    """The alpha figures of the original paper scripts, per fused layer: the distribution of per-crystal alpha
-    and the mean alpha per element (elements ordered by atomic number)."""
-    paths = []
+def alpha_figures(arrays: Mapping[str, np.ndarray], per_element: Mapping[str, Mapping[str, Any]], tag: str,
+                  ) -> dict[str, Figure]:
+    """The alpha figures of the original paper scripts, per fused layer: the distribution of per-crystal alpha and
+    the mean alpha per element (elements ordered by atomic number, error bars = std over the element's atoms, the
+    full 0-1 range of the gate on the axis so small differences look small)."""
+    out = {}
     for key in sorted(k for k in arrays if k.startswith("crystal_alpha_")):
         layer = key[len("crystal_alpha_"):]
-        fig, (left, right) = _figure(2, 1, width=5.5, height=3.8)
-        left.hist(arrays[key], bins=30, color="tab:blue", alpha=0.8)
-        left.set(xlabel="alpha (mean gate over a crystal's atoms)", ylabel="crystals",
-                 title=f"Per-crystal alpha, {layer}")
         elements = per_element.get(layer, {})
         symbols = list(elements)
-        right.bar(range(len(symbols)), [elements[s]["mean"] for s in symbols], color="tab:orange")
-        right.set_xticks(range(len(symbols)), symbols, fontsize=7, rotation=90 if len(symbols) > 20 else 0)
-        right.set(ylabel="mean alpha", title=f"Per-element alpha, {layer}")
-        low = min((elements[s]["mean"] for s in symbols), default=0.0)
-        right.set_ylim(bottom=max(0.0, low - 0.05))
+        fig, (left, right) = _figure(2, 1, width=max(5.5, 0.22 * len(symbols)), height=4.2)
+        left.hist(arrays[key], bins=30, color="tab:blue", alpha=0.8)
+        left.set(xlabel="alpha (the gate, mean over a crystal's atoms; 0-1)", ylabel="crystals",
+                 title=f"Per-crystal alpha, {layer}")
+        right.bar(range(len(symbols)), [elements[s]["mean"] for s in symbols],
+                  yerr=[elements[s].get("std", 0.0) for s in symbols], color="tab:orange", capsize=2)
+        right.set_xticks(range(len(symbols)), symbols, fontsize=9, rotation=90 if len(symbols) > 25 else 0)
+        right.set(xlabel="element (by atomic number)", ylabel="mean alpha over the element's atoms (0-1)",
+                  title=f"Per-element alpha, {layer}", ylim=(0.0, 1.0))
         fig.suptitle(tag)
-        paths.append(_save(fig, out_dir / f"alpha_{tag}_{layer}.png"))
-    return paths
+        out[f"alpha_{tag}_{layer}"] = fig
+    return out
+
+
+def text_ablation_bars(rows: Sequence[Mapping[str, Any]], target: str, title: str) -> Figure:
+    """Validation MAE with each crystal's own text, shuffled text and no text (error bars: spread over shuffles or
+    the 95% interval of the mean), one group per model."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    conditions = list(dict.fromkeys(r["condition"] for r in rows))
+    fig, (ax,) = _figure(width=max(5.5, 2.2 * len(models)), height=4.2)
+    width = 0.8 / len(conditions)
+    for j, condition in enumerate(conditions):
+        chosen = [next((r for r in rows if r["model"] == m and r["condition"] == condition), None) for m in models]
+        ax.bar([i + j * width for i in range(len(models))], [r["val_mae"] if r else math.nan for r in chosen],
+               width, yerr=[r.get("spread", 0.0) if r else 0.0 for r in chosen], capsize=3, label=condition)
+    ax.set_xticks([i + width * (len(conditions) - 1) / 2 for i in range(len(models))], models)
+    ax.set(xlabel="model", ylabel=axis_label("validation MAE", target), title=title)
+    ax.legend(title="text given to the model", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return fig

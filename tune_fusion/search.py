@@ -8,9 +8,12 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +29,20 @@ from tune_fusion.cluster import connect
 from tune_fusion.data import prepare
 from tune_fusion.data.publish import publish, published_root
 from tune_fusion.errors import ConfigError
-from tune_fusion.names import DEFAULT_STORAGE, FINISHED, METRIC, MODE, StopReason, experiment_dir, is_uri, study_path
-from tune_fusion.space import DefineByRun, SearchSpec
+from tune_fusion.names import (
+    DEFAULT_STORAGE,
+    FINISHED,
+    METRIC,
+    MODE,
+    SPACE_FILE,
+    StopReason,
+    experiment_dir,
+    is_uri,
+    study_path,
+)
+from tune_fusion.space import DefineByRun, SearchSpec, space_summary
 from tune_fusion.trainable import train_trial
+from tune_fusion.units import with_unit
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +73,14 @@ class FusionOptunaSearch(OptunaSearch):
 
 @dataclass(frozen=True)
 class SearchRun:
-    """Where a search lives and what it found."""
+    """Where a search lives and what it found; ``mean_predictor_mae``: the validation MAE of always predicting the
+    training mean, the floor any model should beat (same crystals, same units)."""
 
     experiment_dir: str
     results: tune.ResultGrid
     best: tune.Result | None
+    target: str
+    mean_predictor_mae: float
 
     @property
     def best_val_mae(self) -> float | None:
@@ -93,6 +110,58 @@ def check_shared(path: str, what: str) -> None:
     if blind:
         raise ConfigError(f"{what} {folder} is not visible from node(s) {', '.join(blind)}: on a multi-node cluster "
                           "put it on shared storage (NFS) or use an s3:// or gs:// URI")
+
+
+class TrialLines(tune.Callback):
+    """The console of a quiet search: one line when a trial starts (its searched values) and one when it ends (how,
+    after how many epochs, its best validation MAE with the unit)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.start = time.monotonic()
+
+    def _line(self, text: str) -> None:
+        minutes, seconds = divmod(int(time.monotonic() - self.start), 60)
+        print(f"[{minutes:3d}:{seconds:02d}] {text}", flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        job = trial.config.get("job")
+        values = (f"retrains trial {job['confirms']} with random_seed={job['config']['random_seed']}" if job else
+                  " ".join(f"{k}={format_value(v)}" for k, v in trial.config.items()))
+        self._line(f"trial {trial.trial_id} started   {values}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        epochs = result.get("training_iteration", 0)
+        best = with_unit(result.get("best_val_mae"), self.target)
+        if not result.get(FINISHED):
+            how = f"stopped early by the scheduler after {epochs} epoch(s)"
+        elif StopReason.of(result.get("stop_reason")) in (StopReason.NAN_LOSS, StopReason.TEXT_SCALE_EXPLODED):
+            how = f"diverged at epoch {epochs} ({str(result['stop_reason']).split(':', 1)[0]})"
+        elif StopReason.of(result.get("stop_reason")) is StopReason.CONFIG_ERROR:
+            self._line(f"trial {trial.trial_id} could not train: {result['stop_reason']}")
+            return
+        else:
+            how = f"completed {epochs} epoch(s)"
+        self._line(f"trial {trial.trial_id} {how}; best validation MAE {best}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(f"trial {trial.trial_id} errored (Ray retries it from its checkpoint; see its error.txt)")
+
+
+def format_value(value: Any) -> str:
+    """Searched values as the YAML writes them: true/false, 4 significant digits."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def mean_predictor_mae(data: Any) -> float:
+    """Validation MAE of predicting the training split's mean for every crystal (target units)."""
+    train, val = data.targets[data.split("train")], data.targets[data.split("val")]
+    return float((val - train.mean()).abs().mean())
 
 
 def trial_name(trial: Any) -> str:
@@ -127,24 +196,84 @@ def check_experiment(exp_dir: str, resume: bool) -> None:
                           "another name")
 
 
+def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler for the search: TPE with the start-up trials scaled to the budget, multivariate and grouped
+    over the conditional parameters, constant liar for concurrent trials (``searcher:`` settings); or random."""
+    settings = spec.searcher
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=settings.seed)
+    with warnings.catch_warnings():  # multivariate, group and constant_liar are marked experimental by Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials(spec.num_samples),
+                                          multivariate=settings.multivariate, group=settings.multivariate and settings.group,
+                                          constant_liar=settings.constant_liar)
+
+
+def feed_earlier_trials(experiment: str | Path, spec: SearchSpec, storage: optuna.storages.BaseStorage,
+                        name: str) -> int:
+    """Warm start: copy the finished trials (completed, and stopped early with their per-epoch values) of an earlier
+    search's study into the new study ``name``, checked against the new space; returns how many were copied."""
+    earlier = Path(experiment).expanduser().resolve()
+    path = study_path(str(earlier))
+    if not path.is_file():
+        raise ConfigError(f"warm start from {earlier}: no Optuna study ({path.name}) there; give the folder of an "
+                          "earlier search that run_search.py printed as 'experiment:'")
+    source = f"sqlite:///{path}"
+    studies = optuna.get_all_study_names(source)
+    if not studies:
+        raise ConfigError(f"warm start from {earlier}: {path} holds no study")
+    old = optuna.load_study(study_name=earlier.name if earlier.name in studies else studies[0], storage=source)
+    wanted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    finished = old.get_trials(deepcopy=False, states=wanted)
+    params = {p.name: p for p in spec.params}
+    outside = sorted({k for t in finished for k in t.params if k not in params})
+    if outside:
+        raise ConfigError(f"warm start from {earlier}: parameter(s) {', '.join(outside)} are not searched by "
+                          f"{spec.source}; search them too, or warm-start from a search of a compatible space")
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True)
+    for trial in finished:
+        distributions = {k: optuna_distribution(params[k]) for k in trial.params}
+        try:
+            study.add_trial(optuna.trial.create_trial(
+                params=trial.params, distributions=distributions, values=trial.values, state=trial.state,
+                intermediate_values=trial.intermediate_values,
+                user_attrs={**trial.user_attrs, "warm_start_from": str(earlier)}))
+        except ValueError as err:
+            raise ConfigError(f"warm start from {earlier}: trial {trial.number} does not fit {spec.source} ({err}); "
+                              "widen the new space or warm-start from a compatible search") from None
+    log.info("warm start: %d earlier trials from %s", len(finished), earlier)
+    return len(finished)
+
+
+def optuna_distribution(param: Any) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution ``Param.suggest`` draws from."""
+    if param.type == "choice":
+        return optuna.distributions.CategoricalDistribution(list(param.values))
+    if param.type == "int":
+        return optuna.distributions.IntDistribution(int(param.low), int(param.high), step=int(param.step or 1))
+    return optuna.distributions.FloatDistribution(param.low, param.high, log=param.type == "loguniform",
+                                                  step=param.step if param.type == "uniform" else None)
+
+
 def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storage: str, name: str, resume: bool,
-                ) -> tune.Tuner:
+                verbose: bool = True, warm_start: tuple[str, ...] = ()) -> tune.Tuner:
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, cache_name=cache_name, published=published, base=spec.base.to_dict()),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     exp_dir = experiment_dir(storage, name)
+    if not verbose:  # Ray's new console prints its configuration box and hints even when silent; the old one obeys
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     if resume:
         return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
     study = study_path(exp_dir)
     study.parent.mkdir(parents=True, exist_ok=True)
-    if spec.searcher.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=spec.searcher.seed)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=spec.searcher.seed)
+    study_storage = optuna.storages.RDBStorage(f"sqlite:///{study}")
+    for source in warm_start:
+        feed_earlier_trials(source, spec, study_storage, name)
     searcher = FusionOptunaSearch(
-        space=DefineByRun(spec.params, spec.base), metric=METRIC, mode=MODE, sampler=sampler,
-        points_to_evaluate=list(spec.searcher.points_to_evaluate) or None,
-        storage=optuna.storages.RDBStorage(f"sqlite:///{study}"), study_name=name,
+        space=DefineByRun(spec.params, spec.base), metric=METRIC, mode=MODE, sampler=make_sampler(spec),
+        points_to_evaluate=list(spec.searcher.points_to_evaluate) or None, storage=study_storage, study_name=name,
     )
     if spec.scheduler.type == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.scheduler.max_t,
@@ -162,22 +291,28 @@ def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storag
             name=name, storage_path=storage,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             failure_config=tune.FailureConfig(max_failures=2),
-            verbose=1,
+            verbose=1 if verbose else 0,
+            callbacks=None if verbose else [TrialLines(spec.base.data.target)],
         ),
     )
 
 
 def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFAULT_STORAGE, name: str | None = None,
-               resume: bool = False) -> SearchRun:
+               resume: bool = False, verbose: bool = True, warm_start: tuple[str, ...] = ()) -> SearchRun:
     """Prepare the data once, then run (or ``resume``) the search; returns the results and the best trial.
 
     ``address`` None starts a fresh local Ray; ``"auto"`` or ``HOST:PORT`` joins a running cluster, where
     ``storage`` must be shared storage (checked) and the prepared cache is published there for every node.
+    ``verbose`` False prints one line per trial event instead of Ray's status tables and warnings.
+    ``warm_start``: folders of earlier searches whose finished trials the new study starts from.
     """
     name = name or spec.name
     storage = storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
-    check_experiment(experiment_dir(storage, name), resume)
-    started = connect(address)
+    exp_dir = experiment_dir(storage, name)
+    check_experiment(exp_dir, resume)
+    for source in warm_start:  # a bad source is an error before Ray starts
+        feed_earlier_trials(source, spec, optuna.storages.InMemoryStorage(), name)
+    started = connect(address, verbose=verbose)
     try:
         check_resources(spec, local=address is None)
         check_shared(storage, "storage")
@@ -187,7 +322,10 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
         if address is not None:  # on a cluster: nodes that lack the cache (now or when they join) fetch it from here
             published = published_root(storage)
             publish(data.path, published)
-        tuner = build_tuner(spec, data.path.name, published, storage, name, resume)
+        if not is_uri(exp_dir):  # what the analysis needs to know of the space (log-scale axes, units)
+            Path(exp_dir).mkdir(parents=True, exist_ok=True)
+            (Path(exp_dir) / SPACE_FILE).write_text(json.dumps(space_summary(spec), indent=1))
+        tuner = build_tuner(spec, data.path.name, published, storage, name, resume, verbose, warm_start)
         results = tuner.fit()
     finally:
         if started:
@@ -195,7 +333,59 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
     finished = [r for r in results if r.metrics and METRIC in (r.metrics_dataframe if r.metrics_dataframe is not None
                                                                else {})]
     best = min(finished, key=lambda r: float(r.metrics_dataframe[METRIC].min()), default=None)
-    return SearchRun(experiment_dir(storage, name), results, best)
+    return SearchRun(exp_dir, results, best, spec.base.data.target, mean_predictor_mae(data))
+
+
+def confirm(experiment: str | Path, top_k: int = 3, seeds: int = 3, address: str | None = None,
+            verbose: bool = True) -> str:
+    """Retrain the ``top_k`` best configurations of a finished search (and its best graph-only one, where it ran
+    both kinds) with ``seeds`` training seeds each, as Ray trials on the same cluster, into ``<experiment>-confirm``
+    beside it; returns that folder. ``tune_fusion.analysis.read_confirmation`` summarises it."""
+    from tune_fusion.analysis import CONFIRM_SUFFIX, is_graph_only, read_space, read_trials
+    from tune_fusion.export import load_checkpoint
+
+    folder = Path(experiment).expanduser().resolve()
+    usable = sorted((t for t in read_trials(folder, stale_after_s=0)
+                     if t.best_val_mae is not None and t.checkpoint is not None), key=lambda t: t.best_val_mae)
+    if not usable:
+        raise ConfigError(f"{folder} has no trial with a checkpoint to confirm; let the search finish first")
+    configs = {t.trial_id: load_checkpoint(t.checkpoint)["config"] for t in usable}
+    base_graph_only = bool(configs[usable[0].trial_id]["graph_only"])
+    chosen = usable[:top_k]
+    graph = next((t for t in usable if is_graph_only(t, base_graph_only)), None)
+    if graph is not None and graph not in chosen and any(not is_graph_only(t, base_graph_only) for t in chosen):
+        chosen.append(graph)
+    jobs = [{"config": {**configs[t.trial_id], "random_seed": seed}, "confirms": t.trial_id}
+            for t in chosen for seed in range(seeds)]
+    space = read_space(folder)
+    resources = space.get("resources", {"cpu": 1, "gpu": 0})
+    name = f"{folder.name}{CONFIRM_SUFFIX}"
+    check_experiment(str(folder.parent / name), resume=False)
+    started = connect(address, verbose=verbose)
+    try:
+        from tune_fusion.config import Config
+
+        data, _ = prepare(Config.from_dict(jobs[0]["config"]).data)
+        published = None
+        if address is not None:
+            published = published_root(str(folder.parent))
+            publish(data.path, published)
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, cache_name=data.path.name, published=published, base={}), resources)
+        tuner = tune.Tuner(
+            trainable, param_space={"job": tune.grid_search(jobs)},
+            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=space.get("max_concurrent", 2),
+                                        trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=str(folder.parent),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+                                      failure_config=tune.FailureConfig(max_failures=2), verbose=1 if verbose else 0,
+                                      callbacks=None if verbose else [TrialLines(data.meta["settings"]["target"])]))
+        tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    return str(folder.parent / name)
 
 
 def best_checkpoint_path(result: tune.Result) -> str | None:

@@ -50,12 +50,21 @@ class SchedulerSettings:
 
 @dataclass(frozen=True)
 class SearcherSettings:
-    """``searcher:``: Optuna's sampler (tpe or random), its seed, and configurations to evaluate first."""
+    """``searcher:``: Optuna's sampler (tpe or random), its seed, configurations to evaluate first, and TPE's
+    settings for the budgets users run (8-64 trials, 2-16 at once)."""
 
     type: str = "optuna"
     sampler: str = "tpe"
     seed: int = 0
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
+    n_startup_trials: int = 0  # random trials before TPE models; 0 = a quarter of num_samples, between 2 and 16
+    multivariate: bool = True  # model the parameters jointly, not one by one
+    group: bool = True  # with multivariate: model each conditional (when:) sub-space on the trials that drew it
+    constant_liar: bool = True  # count running trials as bad so concurrent proposals spread out
+
+    def startup_trials(self, num_samples: int) -> int:
+        """The random start-up trials for a search of ``num_samples`` trials."""
+        return self.n_startup_trials or max(2, min(16, num_samples // 4))
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,10 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> S
     if not path.is_file():
         shipped = PACKAGE_ROOT / "search_spaces" / path.name
         if not shipped.is_file():
-            raise ConfigError(f"search space {path} not found; pass a YAML file such as search_spaces/quickstart.yaml")
+            known = [p.name for p in (PACKAGE_ROOT / "search_spaces").glob("*.yaml")]
+            known += [p.name for p in path.parent.glob("*.yaml")] if path.parent.is_dir() else []
+            raise ConfigError(f"search space {path} not found.{suggest(path.name, known)} Pass a YAML file such as "
+                              "search_spaces/quickstart.yaml")
         path, source = shipped, str(shipped)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -200,7 +212,7 @@ def _typed(values: dict[str, Any], cls: type, where: str) -> Any:
         if kind is tuple:
             kind = list  # a YAML list
         ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-        if not ok or isinstance(value, bool):
+        if not ok or (isinstance(value, bool) and kind is not bool):
             raise ConfigError(f"{where}.{key}={value!r} must be a {kind.__name__}")
         out[key] = tuple(value) if kind is list else kind(value)
     return cls(**out)
@@ -362,6 +374,9 @@ def _check_run_settings(spec: SearchSpec) -> None:
                           "random search)")
     if searcher.sampler not in ("tpe", "random"):
         raise ConfigError(f"{src}: searcher.sampler={searcher.sampler!r} must be tpe or random")
+    if searcher.n_startup_trials < 0:
+        raise ConfigError(f"{src}: searcher.n_startup_trials={searcher.n_startup_trials} must be >= 0 (0 = a quarter "
+                          "of num_samples)")
     names = {p.name: p for p in spec.params}
     for i, point in enumerate(searcher.points_to_evaluate):
         where = f"{src}: searcher.points_to_evaluate[{i}]"
@@ -379,3 +394,10 @@ def _check_run_settings(spec: SearchSpec) -> None:
                 raise ConfigError(f"{where}: {key}={value} lies outside [{param.low}, {param.high}]")
     if spec.resources.cpu <= 0 or spec.resources.gpu < 0:
         raise ConfigError(f"{src}: resources need cpu > 0 and gpu >= 0, got {spec.resources}")
+
+
+def space_summary(spec: SearchSpec) -> dict[str, Any]:
+    """What the analysis needs to know of a search: the target and each searched parameter's distribution."""
+    params = {p.name: {"type": p.type, "low": p.low, "high": p.high, "values": list(p.values)} for p in spec.params}
+    return {"source": spec.source, "target": spec.base.data.target, "params": params,
+            "resources": {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}, "max_concurrent": spec.max_concurrent}

@@ -21,6 +21,7 @@ from tune_fusion.data import prepare
 from tune_fusion.data.sources import published_layout
 from tune_fusion.errors import ConfigError, DataError
 from tune_fusion.train import fit, save_checkpoint, test_once
+from tune_fusion.units import unit, with_unit
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                         for h in history], indent=1))
     (out / "history_val.json").write_text(json.dumps([{"epoch": h["epoch"], "val_mae": h["val_mae"],
                                                        "val_rmse": h["val_rmse"]} for h in history], indent=1))
-    metrics = {"best_epoch": trained.best_epoch, "val_mae": trained.best_val_mae, "stop_reason": trained.stop_reason,
-               "epochs_run": trained.epoch}
+    metrics = {"target": cfg.data.target, "unit": unit(cfg.data.target), "best_epoch": trained.best_epoch,
+               "val_mae": trained.best_val_mae, "stop_reason": trained.stop_reason, "epochs_run": trained.epoch}
     test = test_once(trained.best(), out)  # once, with the best-by-validation weights
     metrics.update({k: v for k, v in test.items() if k.startswith("test_")})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info("best val_mae %.4f at epoch %d; test (evaluated once) %s; outputs in %s", trained.best_val_mae,
-             trained.best_epoch, metrics.get("test_mae"), out)
+    log.info("best validation MAE %s at epoch %d; test MAE (evaluated once) %s; outputs in %s",
+             with_unit(trained.best_val_mae, cfg.data.target), trained.best_epoch,
+             with_unit(metrics.get("test_mae"), cfg.data.target), out)
     return metrics
 
 
