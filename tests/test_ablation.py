@@ -75,7 +75,7 @@ def test_a_graph_only_model_shows_exactly_no_text_effect(prepared, cache_dir):
 
 def test_text_that_carries_the_target_is_worth_a_lot(tmp_path, sample_records):
     """A constructed dataset whose descriptions say how large the target is: shuffling them must hurt."""
-    rows = [r for r in sample_records if isinstance(r["formation_energy_peratom"], float)][:150]
+    rows = [dict(r) for r in sample_records if isinstance(r["formation_energy_peratom"], float)][:150]
     cut = np.quantile([r["formation_energy_peratom"] for r in rows], [1 / 3, 2 / 3])
     words = ("strongly bound, very negative formation energy", "moderately bound", "unstable, positive energy")
     for r in rows:

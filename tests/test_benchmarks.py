@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import subprocess
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, write_space
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +38,27 @@ def test_data_prep_plumbing():
     assert "dft_3d (55713 crystals)" in stdout
 
 
-def test_search_efficiency_plumbing(tmp_path, cache_dir, prepared):
-    space = write_space(tmp_path / "tiny.yaml", cache_dir, num_samples=2, epochs=2)
-    stdout = bench("benchmarks/search_efficiency.py", "--space", str(space), "--num-samples", "2", "--output",
-                   str(tmp_path / "curve.png"))
-    runs = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-    assert [r["name"] for r in runs] == ["asha_tpe", "fifo_random"]
-    assert all(0 < r["slot_utilisation"] <= 1 and r["epochs"] >= 2 for r in runs)
-    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_search_efficiency_replay_plumbing(tmp_path):
+    """The replay over a recorded table (here a synthetic one: each configuration's curve depends on its learning
+    rate) runs every arm with its own seeds and writes the keys RESULTS.md quotes."""
+    spec_module = importlib.import_module("benchmarks.search_efficiency")
+    from tune_fusion.space import parse_spec
+
+    spec = parse_spec(spec_module.bench_space("formation_energy_peratom", 60, 3, 4, 2), "bench.yaml")
+    for target in spec_module.TARGETS:
+        table = {}
+        for config in spec_module.configurations(spec):
+            floor = 0.2 + abs(config["learning_rate"] - 0.002) * 50 + 0.01 * config["use_cross_modal"]
+            table[spec_module.key_of(config)] = {"params": config, "val_mae": [floor + 0.3, floor + 0.1, floor],
+                                                 "seconds": [1.0, 1.0, 1.0]}
+        (tmp_path / f"search_table_{target}.json").write_text(json.dumps(
+            {"target": target, "epochs": 3, "max_structures": 60, "configurations": table}))
+    assert len(table) == 4 * (1 + 3 * 2) * 2  # every configuration of the discrete space
+    out = tmp_path / "result.json"
+    bench("benchmarks/search_efficiency.py", "replay", "--tables", str(tmp_path), "--seeds", "3", "--num-samples", "8",
+          "--output", str(out))
+    result = json.loads(out.read_text())
+    assert set(result["arms"]) == {"random_fifo", "random_asha", "tpe_asha", "tpe_asha_warm"}
+    assert all(len(arm["epochs_to_target"]) == 3 for arm in result["arms"].values())
+    assert result["arms"]["random_fifo"]["epochs_budget_used"] == [24, 24, 24]  # 8 trials x 3 epochs, no stopping
+    assert result["tpe_asha_over_random_fifo"] > 0

@@ -131,16 +131,27 @@ def cluster(tmp_path_factory):
         found.stop()
 
 
-@pytest.fixture(scope="module")
-def space(cluster) -> Path:
+def cluster_space(cluster: Cluster, epochs: int) -> Path:
     """A tiny search whose cache_dir is the head's (hidden on the workers); the driver prepares it."""
-    path = write_space(cluster.root / "space.yaml", cluster.cache, num_samples=4, epochs=10, batch_size=4)
+    path = write_space(cluster.root / f"space_{epochs}.yaml", cluster.cache, num_samples=4, epochs=epochs,
+                       batch_size=4)
     raw = yaml.safe_load(path.read_text())
     raw["max_concurrent"] = 2
     raw["scheduler"] = {"type": "fifo"}  # every trial runs all its epochs
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert tiny_config(cluster.cache).data.cache_dir == str(cluster.cache)
     return path
+
+
+@pytest.fixture(scope="module")
+def space(cluster) -> Path:
+    return cluster_space(cluster, epochs=3)
+
+
+@pytest.fixture(scope="module")
+def long_space(cluster) -> Path:
+    """Trials long enough (10 epochs) to be cut mid-way by a dying node."""
+    return cluster_space(cluster, epochs=10)
 
 
 def finished(cluster: Cluster, name: str, driver: subprocess.Popen, timeout: float = 400) -> dict[str, list[dict]]:
@@ -173,14 +184,14 @@ def test_workers_with_token_auth_run_every_trial_and_fetch_the_cache_once_per_no
     assert (cluster.storage / "tune-fusion-cache").is_dir()
 
 
-def test_workers_that_join_later_and_a_worker_killed_mid_search(cluster, space):
+def test_workers_that_join_later_and_a_worker_killed_mid_search(cluster, long_space):
     for name in list(cluster.workers):
         cluster.kill_worker(name)  # a fresh start: no node is up when the search begins
     deadline = time.time() + 120
     while cluster.node_names(alive_only=True):  # until the cluster has noticed (health checks, ~15 s)
         assert time.time() < deadline, "the killed workers are still listed alive"
         time.sleep(1.0)
-    driver = cluster.search(space, "late_join")
+    driver = cluster.search(long_space, "late_join")
     time.sleep(8)  # the search has started, published its cache, and waits for nodes
     assert driver.poll() is None
     joined = {cluster.add_worker("worker_c"): "worker_c", cluster.add_worker("worker_d"): "worker_d"}

@@ -58,6 +58,9 @@ class FusionOptunaSearch(OptunaSearch):
         if error or not result or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]
+        with warnings.catch_warnings():  # Tune hands a trial's last result only to on_trial_complete: report it too
+            warnings.simplefilter("ignore")  # (Optuna ignores, with a warning, a step reported twice)
+            ot_trial.report(result[METRIC], result["training_iteration"])
         reason = str(result.get("stop_reason") or "")
         ot_trial.set_user_attr("ray_trial_id", trial_id)
         if reason:
