@@ -245,3 +245,21 @@ def test_text_dim_mismatch_is_clear(crystals):
     batch.text = batch.text[:, :100]
     with pytest.raises(DataError, match="text_dim=384"):
         model(batch)
+
+
+def test_the_gate_reads_layer_normed_inputs_when_gate_norm_is_on(crystals):
+    """gate = sigmoid(W LayerNorm([h; u]) + b): computed by hand from the module's own weights."""
+    torch.manual_seed(0)
+    model = FusionNetwork(model_config(use_middle_fusion=True, middle_fusion_layers="0",
+                                       middle_fusion_use_gate_norm=True), 92, TEXT_DIM).eval()
+    fusion = model.middle_fusion_modules["layer_0"]
+    with torch.no_grad():  # a LayerNorm that is not the identity at initialisation
+        fusion.gate_norm.weight.uniform_(0.5, 2.0)
+        fusion.gate_norm.bias.uniform_(-1.0, 1.0)
+    model.set_record_diagnostics(True)
+    model(make_batch(crystals))
+    record = fusion.last_diagnostics
+    joined = torch.cat([record["h_in"], record["u"]], dim=-1)
+    normed = torch.nn.functional.layer_norm(joined, joined.shape[-1:], fusion.gate_norm.weight, fusion.gate_norm.bias)
+    assert torch.allclose(record["gate"], torch.sigmoid(fusion.gate(normed)), atol=1e-6)
+    assert not torch.allclose(record["gate"], torch.sigmoid(fusion.gate(joined)), atol=1e-3)

@@ -224,3 +224,14 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(tmp_path, mo
     monkeypatch.setattr(train.torch, "save", real_save)
     kept = torch.load(path, weights_only=True)
     assert kept["epoch"] == 1 and torch.equal(kept["model"]["w"], torch.ones(3))
+
+
+def test_the_contrastive_term_trains_its_heads_only_when_weighted(prepared, cache_dir):
+    """fit() adds the weighted contrastive loss: its projection heads move only when the weight is above zero."""
+    moved = {}
+    for weight in (0.0, 0.5):
+        cfg = tiny_config(cache_dir, epochs=1, use_contrastive=True, contrastive_weight=weight, weight_decay=0.0)
+        start = start_run(cfg, prepared).model.state_dict()
+        after = fit(cfg, prepared).model.state_dict()
+        moved[weight] = any(not torch.equal(start[k], after[k]) for k in after if "contrastive_head" in k)
+    assert moved == {0.0: False, 0.5: True}

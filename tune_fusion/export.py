@@ -21,11 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 from jarvis.core.atoms import Atoms
-from torch.utils.data import DataLoader
 
 from tune_fusion import __version__
 from tune_fusion.config import Config
-from tune_fusion.data import CrystalDataset, PreparedData, Standardizer, prepare
+from tune_fusion.data import PreparedData, Standardizer, make_loader, prepare
 from tune_fusion.data.arrays import TextArrays
 from tune_fusion.data.embed import embed_texts
 from tune_fusion.data.graphs import build_chunk, graph_arrays
@@ -184,8 +183,8 @@ class FusionPredictor:
                             [self._text_arrays(list(atoms), list(texts))],
                             {"ids": np.array(keys), "graph_ref": _rows(len(keys)), "text_ref": _rows(len(keys)),
                              "split_all": np.arange(len(keys))}, torch.zeros(len(keys), dtype=torch.float64))
-        dataset = CrystalDataset(data, data.split("all"), self.standardizer, d.max_sentences, d.text_vector)
-        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
+        loader = make_loader(data, "all", batch_size, self.standardizer, max_sentences=d.max_sentences,
+                             text_vector=d.text_vector)
         return predict(self.network, loader, self.device, self.standardizer)["prediction"]
 
     def _text_arrays(self, atoms: list[Atoms], texts: list[str | None]) -> TextArrays:

@@ -5,7 +5,6 @@ vectors and standardised targets. A batch moves to any device with ``batch.to(de
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
 
 import numpy as np
 import torch
@@ -148,11 +147,13 @@ class CrystalDataset(Dataset):
 
 
 def make_loader(
-    data: PreparedData, split: str, batch_size: int, standardizer: Standardizer, shuffle: bool = False,
-    seed: int = 0, num_workers: int = 0, max_sentences: int = 24, text_vector: str = "sentence_mean", **kwargs: Any,
+    data: PreparedData, split: str | torch.Tensor, batch_size: int, standardizer: Standardizer, shuffle: bool = False,
+    seed: int = 0, num_workers: int = 0, max_sentences: int = 24, text_vector: str = "sentence_mean",
+    text: TextOverride | None = None,
 ) -> DataLoader:
-    """A DataLoader over split ``split``; shuffled batches are reproducible from ``seed``."""
-    dataset = CrystalDataset(data, data.split(split), standardizer, max_sentences, text_vector)
+    """A DataLoader over split ``split`` (or crystal indices); shuffled batches are reproducible from ``seed``."""
+    indices = data.split(split) if isinstance(split, str) else split
+    dataset = CrystalDataset(data, indices, standardizer, max_sentences, text_vector, text)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=dataset.collate, num_workers=num_workers, **kwargs)
+                      collate_fn=dataset.collate, num_workers=num_workers)

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from tune_fusion import __version__
 from tune_fusion.config import Config
-from tune_fusion.data import Batch, CrystalDataset, PreparedData, Standardizer, TextOverride
+from tune_fusion.data import Batch, PreparedData, Standardizer, TextOverride, make_loader
 from tune_fusion.errors import DataError
 from tune_fusion.model import FusionNetwork, ModelOutput, contrastive_loss
 from tune_fusion.model.message_passing import resolve_backend
@@ -115,12 +115,9 @@ class TrainedModel:
     def loader(self, indices: torch.Tensor | str, shuffle: bool = False, seed: int = 0,
                text: TextOverride | None = None) -> DataLoader:
         """Batches of crystals ``indices`` (or of a split, by name), as the run's config makes them."""
-        d = self.cfg.data
-        indices = self.data.split(indices) if isinstance(indices, str) else indices
-        dataset = CrystalDataset(self.data, indices, self.standardizer, d.max_sentences, d.text_vector, text)
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(dataset, batch_size=self.cfg.train.batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=dataset.collate, num_workers=self.cfg.train.num_workers)
+        d, t = self.cfg.data, self.cfg.train
+        return make_loader(self.data, indices, t.batch_size, self.standardizer, shuffle, seed, t.num_workers,
+                           d.max_sentences, d.text_vector, text)
 
     def predict(self, indices: torch.Tensor | str, hook: BatchHook | None = None,
                 text: TextOverride | None = None) -> dict[str, Any]:
