@@ -169,6 +169,9 @@ def fetches_per_node(rows: dict[str, list[dict]], nodes: dict[str, str]) -> dict
         for row in trial:
             if row.get("epoch") == row.get("resumed_from_epoch", 0) + 1:  # an attempt's first report
                 out.setdefault(nodes[row["node_id"]], []).append(row["cache_fetch_mb"])
+                if row["cache_fetch_mb"]:
+                    print(f"{nodes[row['node_id']]} got the cache: {row['cache_fetch_mb']} MB in "
+                          f"{row['cache_fetch_s']} s")
     return out
 
 

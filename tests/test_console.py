@@ -81,7 +81,7 @@ def test_fusion_and_alpha_figures_explain_their_terms():
     layer = {"text_scale": 2.0, "norm_ratio": 1.5, "cos_before": 0.1, "cos_after": 0.3, "relative_change": 0.2,
              "alpha": {"std": 0.05}}
     fig = plots.fusion_summary({"A": {"layers": {"layer_1": layer}}})
-    assert any("h_in: atom features entering" in t.get_text() for t in fig.texts)
+    assert "h_in: atom features entering" in fig.get_supxlabel()
     assert "‖h_in‖ / ‖u‖" in fig.axes[1].get_title()
     arrays = {"crystal_alpha_layer_1": np.array([0.4, 0.5, 0.52])}
     elements = {"layer_1": {"O": {"mean": 0.5, "std": 0.01}, "Si": {"mean": 0.48, "std": 0.02}}}

@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from tune_fusion.names import Status
 from tune_fusion.units import axis_label
@@ -98,7 +98,10 @@ def _scatter_param(ax: Axes, name: str, points: list[tuple[Any, float, Any]], di
         ax.scatter(values, maes, c=colours, s=30)
         if distribution.get("type") == "loguniform":
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # only the decades are labelled: no overlapping labels
             name = f"{name} (log scale)"
+        if distribution.get("low") is not None and distribution.get("high") is not None:
+            ax.set_xlim(distribution["low"], distribution["high"])  # the searched range, not just the drawn values
     else:
         labels = [str(v).lower() if isinstance(v, bool) else str(v) for v in distribution.get("values") or []]
         labels += sorted({str(v).lower() if isinstance(v, bool) else str(v) for v in values} - set(labels))
@@ -213,7 +216,7 @@ def fusion_summary(summaries: Mapping[str, Mapping[str, Any]]) -> Figure | None:
         ax.set_xlabel("model, fused layer", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Fusion diagnostics per fused layer (validation crystals)")
-    fig.text(0.01, -0.02, FUSION_CAPTION, fontsize=8, wrap=True, va="top")
+    fig.supxlabel(FUSION_CAPTION, fontsize=8, wrap=True)
     return fig
 
 
@@ -227,7 +230,7 @@ def alpha_figures(arrays: Mapping[str, np.ndarray], per_element: Mapping[str, Ma
         layer = key[len("crystal_alpha_"):]
         elements = per_element.get(layer, {})
         symbols = list(elements)
-        fig, (left, right) = _figure(2, 1, width=max(5.5, 0.22 * len(symbols)), height=4.2)
+        fig, (left, right) = _figure(1, 2, width=max(7.0, 0.2 * len(symbols)), height=3.6)
         left.hist(arrays[key], bins=30, color="tab:blue", alpha=0.8)
         left.set(xlabel="alpha (the gate, mean over a crystal's atoms; 0-1)", ylabel="crystals",
                  title=f"Per-crystal alpha, {layer}")

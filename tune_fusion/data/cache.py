@@ -251,6 +251,8 @@ def _graph_rows(records: list[Record], cfg: DataConfig, cache_dir: Path, report:
                 else:
                     built.append(crystal)
                     built_keys.append(key)
+        if not built:  # nothing to store; the records are skipped below with their errors
+            return GraphArrays({"atom_offsets": np.zeros(1, dtype=np.int64)}, []), errors
         return graph_arrays(built, built_keys, [table for _, table in results]), errors
 
     where, errors = ShardStore(cache_dir / f"graphs-{graph_store_key(cfg)}").ensure(keys, build)
