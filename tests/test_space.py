@@ -114,6 +114,8 @@ BAD_YAML = [
     ("fixed: {epochs: 30, batch_size: 64, use_middle_fusion: true} => fixed: {epochs: 30, middle_fusion_layers: '2'}",
      "'middle_fusion_layers' is both fixed and searched"),
     ("sampler: tpe => sampler: tpe, n_startup_trials: -1", "n_startup_trials=-1 must be >= 0"),
+    ("use_cross_modal: {type: choice, values: [true, false]} => use_cross_modal: {type: choice, values: [true, false]}"
+     "\n  cutoff: {type: uniform, low: 6.0, high: 8.0}", "'cutoff' shapes the prepared data"),
     ("sampler: tpe => sampler: tpe, multivariate: maybe", "multivariate='maybe' must be a bool"),
     # the error names the key that is wrong, not the first one checked after it
     ('values: ["2", "3", "2,3"] => values: ["9"]', "search.middle_fusion_layers: value '9' names layer(s) [9]"),

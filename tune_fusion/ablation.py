@@ -25,6 +25,7 @@ import torch
 
 from tune_fusion.data import TextOverride
 from tune_fusion.data.batching import TEXT_ARRAYS
+from tune_fusion.errors import DataError
 from tune_fusion.train import TrainedModel
 from tune_fusion.units import with_unit
 
@@ -81,6 +82,9 @@ def text_ablation(trained: TrainedModel, indices: torch.Tensor | str = "val", pe
                   seed: int = SHUFFLE_SEED) -> dict[str, Any]:
     """Validation MAE with own, shuffled and no text, and the text's share; see the module docstring."""
     indices = trained.data.split(indices) if isinstance(indices, str) else indices
+    if len(indices) < 2:
+        raise DataError(f"the text ablation needs at least 2 validation crystals to shuffle descriptions among, got "
+                        f"{len(indices)}; use a larger validation split (val_ratio or n_val)")
     own = trained.predict(indices)
     baseline = _errors(own)
     shuffled_errors = [_errors(trained.predict(indices, text=TextOverride(text_of=mapping)))

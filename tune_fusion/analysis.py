@@ -298,10 +298,16 @@ def analyze(experiment: str | Path | None = None, output: str | Path | None = No
     if compare:
         summary["compare"] = diagnostics.compare(compare[0], compare[1], out, crystals, device, cache_dir)
     if scale_text is not None:
-        source = checkpoint or (summary.get("best") or {}).get("checkpoint")
+        source = checkpoint or (summary.get("best") or {}).get("checkpoint") or (summary.get("checkpoint") or {}).get(
+            "path")
+        if source is None:
+            raise ConfigError("a text scale factor needs a checkpoint: give one, or an experiment or run folder")
         summary["scale_text"] = diagnostics.scale_text(source, scale_text, out, crystals, device, cache_dir)
-    elif checkpoint is not None:
+    elif checkpoint is not None and folder is None:
         summary.update(analyze_checkpoint(checkpoint, out, crystals, device, cache_dir, permutations))
+    elif checkpoint is not None:  # beside an experiment: its own folder, so nothing of the experiment is replaced
+        summary["checkpoint_analysis"] = analyze_checkpoint(checkpoint, out / "checkpoint", crystals, device,
+                                                            cache_dir, permutations)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     summary["report"] = str(write_report(out, summary))
     return summary
@@ -326,6 +332,7 @@ def analyze_checkpoint(path: str | Path, out: Path, crystals: int = 0, device: s
     and per-element table, and the text ablation."""
     trained = open_model(load_checkpoint(path), path, device, cache_dir)
     target = trained.cfg.data.target
+    out.mkdir(parents=True, exist_ok=True)
     found = diagnostics.diagnose(trained, diagnostics.first_of_split(trained.data, "val", crystals))
     diagnosis = diagnostics.write_diagnosis(found, out / "diagnostics", tag, str(path))
     ablation = write_ablation({tag: text_ablation(trained, "val", permutations)}, out, target)

@@ -88,15 +88,17 @@ TOKEN_HELP = ("export RAY_AUTH_MODE=token and the head's token (`ray get-auth-to
 
 
 def _use_token_auth() -> None:
-    """Token mode for this driver unless ``RAY_AUTH_MODE`` is set (a Ray 2.60 cluster has it on by default)."""
+    """Token mode for this driver when it has a token and ``RAY_AUTH_MODE`` is unset (Ray's own rule for a driver;
+    a Ray 2.60 cluster has token mode on by default); a cluster started without authentication still admits it."""
     if os.environ.get("RAY_AUTH_MODE"):
         return
     try:  # Ray's own switch: sets the variable and refreshes Ray's cached configuration
-        from ray._private.authentication.authentication_token_setup import _enable_token_auth
-
-        _enable_token_auth()
-    except ImportError:  # another Ray: the variable alone
-        os.environ["RAY_AUTH_MODE"] = "token"
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # another Ray: it reads RAY_AUTH_MODE itself
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _check_answers(address: str, timeout_s: float = 3.0) -> None:

@@ -67,9 +67,12 @@ def weights(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_config(ckpt: Mapping[str, Any], path: str | Path) -> Config:
-    """The full config stored in the checkpoint, validated."""
+    """The full config stored in the checkpoint, validated. Checkpoints made before ``text_vector`` existed read
+    the whole-text vector (``truncated``), as they were trained."""
+    values = dict(ckpt["config"])
+    values.setdefault("text_vector", "truncated")
     try:
-        return Config.from_dict(ckpt["config"], source=f"checkpoint {path}")
+        return Config.from_dict(values, source=f"checkpoint {path}")
     except ConfigError as err:
         raise DataError(f"{err} (the stored config does not fit this version of tune-fusion)") from None
 
@@ -107,6 +110,10 @@ def open_model(ckpt: Mapping[str, Any], path: str | Path, device: str = "auto", 
     if data is None or data.fingerprint != ckpt["dataset_fingerprint"]:
         data, _ = prepare(cfg.data)
     if data.fingerprint != ckpt["dataset_fingerprint"]:
+        if "text_vector" not in ckpt["config"]:
+            raise DataError(f"checkpoint {path} was made by an earlier tune-fusion whose prepared caches this version "
+                            "cannot open; tune_fusion.export.load_model(path).predict(...) still uses it, but to "
+                            "evaluate it on its splits retrain it with this version")
         raise DataError(f"checkpoint {path} was trained on prepared data {ckpt['dataset_fingerprint']}, but its "
                         f"settings now give {data.fingerprint} ({data.path}): the dataset file changed; analyse "
                         "it with the original dataset (or point the cache directory at the original cache)")

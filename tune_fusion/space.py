@@ -29,7 +29,17 @@ from typing import Any
 
 import yaml
 
-from tune_fusion.config import FIELDS, NOT_SEARCHED, PACKAGE_ROOT, Config, coerce, option_type, parse_layers, suggest
+from tune_fusion.config import (
+    FIELDS,
+    NOT_SEARCHED,
+    PACKAGE_ROOT,
+    Config,
+    cache_fields,
+    coerce,
+    option_type,
+    parse_layers,
+    suggest,
+)
 from tune_fusion.errors import ConfigError, prefixed
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
@@ -240,6 +250,9 @@ def _params(search: dict[str, Any], base: Config, fixed: Mapping[str, Any], sour
             raise ConfigError(f"{where} must be a mapping like {{type: choice, values: [...]}}")
         if name in fixed:
             raise ConfigError(f"{where}: '{name}' is both fixed and searched; remove it from one of them")
+        if name in cache_fields():
+            raise ConfigError(f"{where}: '{name}' shapes the prepared data, which a search prepares once for all its "
+                              "trials; fix it under dataset: (one search per value)")
         params[name] = _param(name, dict(body), where)
     for param in params.values():
         for key, value in param.when:

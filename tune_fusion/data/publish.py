@@ -19,6 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from tune_fusion.data.arrays import KEYS_FILE
 from tune_fusion.data.cache import is_complete, load, shard_folders
 from tune_fusion.errors import DataError
 from tune_fusion.names import is_uri
@@ -65,19 +66,24 @@ def publish(cache: Path, root: str) -> None:
     cache's ``meta.json`` goes last, so a published cache with a ``meta.json`` is whole."""
     cache_dir = cache.parent
     start = time.perf_counter()
-    for shard in shard_folders(cache):
-        if not _exists(root, f"{shard}/keys.json"):
-            _copy(str(cache_dir), str(shard), root, str(shard))
-    if not _exists(root, f"{cache.name}/meta.json"):
-        staging = cache_dir / f".publish-{cache.name}-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(cache, staging, ignore=shutil.ignore_patterns("meta.json"))
-        try:
-            _copy(str(cache_dir), staging.name, root, cache.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        _copy_file(cache / "meta.json", root, f"{cache.name}/meta.json")
+    for folder, last in [*((shard, KEYS_FILE) for shard in shard_folders(cache)), (Path(cache.name), "meta.json")]:
+        if not _exists(root, f"{folder}/{last}"):  # the file that completes a folder is copied after the rest
+            _publish_folder(cache_dir / folder, root, str(folder), last)
     log.info("published %s to %s in %.1f s", cache.name, root, time.perf_counter() - start)
+
+
+def _publish_folder(folder: Path, root: str, relative: str, last: str) -> None:
+    """Copy ``folder`` to ``root/relative``: every file but ``last`` first (through a staging copy, as pyarrow
+    copies files in any order), then ``last``, so a copy cut short never looks complete."""
+    for stale in folder.parent.glob(f".publish-{folder.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a publish that was cut short
+    staging = folder.parent / f".publish-{folder.name}-{os.getpid()}"
+    shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(last))
+    try:
+        _copy(str(folder.parent), staging.name, root, relative)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _copy_file(folder / last, root, f"{relative}/{last}")
 
 
 def _copy_file(path: Path, root: str, relative: str) -> None:
@@ -101,8 +107,9 @@ def fetch(name: str, root: str, cache_dir: str | Path) -> tuple[Path, dict[str, 
         meta = json.loads(_read(root, f"{name}/meta.json"))
         copied = 0
         for shard in meta["graph_shards"] + meta["text_shards"]:
-            if not (local.parent / shard / "keys.json").is_file():
-                copied += _fetch_folder(root, shard, local.parent)
+            with FileLock(str(local.parent / Path(shard).parts[0] / ".lock")):  # the store's lock: views share shards
+                if not (local.parent / shard / KEYS_FILE).is_file():
+                    copied += _fetch_folder(root, shard, local.parent)
         copied += _fetch_folder(root, name, local.parent)
         cost = {"cache_fetch_s": round(time.perf_counter() - start, 3), "cache_fetch_mb": round(copied / 1e6, 2)}
     load(local)  # checks it opens
@@ -124,8 +131,10 @@ def _fetch_folder(root: str, relative: str, cache_dir: Path) -> int:
     """Copy ``root/relative`` into ``cache_dir/relative`` through a temporary folder renamed into place; returns
     the bytes copied."""
     target = cache_dir / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".fetching-{target.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a fetch that was cut short; we hold the lock
     staging = target.with_name(f".fetching-{target.name}-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     try:
         _copy(root, relative, str(cache_dir), str(staging.relative_to(cache_dir)))
         size = sum(f.stat().st_size for f in staging.iterdir() if f.is_file())

@@ -74,11 +74,12 @@ BatchHook = Callable[[Batch, ModelOutput], None]
 
 
 def predict(model: FusionNetwork, batches: Iterable[Batch], device: torch.device, standardizer: Standardizer,
-            hook: BatchHook | None = None) -> dict[str, Any]:
+            hook: BatchHook | None = None, targets: torch.Tensor | None = None) -> dict[str, Any]:
     """The one evaluation loop: model (eval mode, no gradients) + batches -> per-crystal predictions.
 
-    Returns ``index`` (crystal indices), ``prediction`` and ``target`` (numpy, in the target's units), and ``mae``,
-    ``rmse``, ``loss`` (MSE on the standardised target) and ``crystals``.
+    Returns ``index`` (crystal indices), ``prediction`` and ``target`` (numpy, in the target's units: the exact
+    values of ``targets`` (float64, by crystal index) when given), and ``mae``, ``rmse``, ``loss`` (MSE on the
+    standardised target) and ``crystals``.
     """
     model.eval()
     index, predicted, wanted = [], [], []
@@ -96,8 +97,10 @@ def predict(model: FusionNetwork, batches: Iterable[Batch], device: torch.device
                 "mae": math.nan, "rmse": math.nan, "loss": math.nan, "crystals": 0}
     pred, target = torch.cat(predicted).double().cpu(), torch.cat(wanted).double().cpu()  # one copy to the host
     err = pred - target
-    return {"index": torch.cat(index).cpu().numpy(), "prediction": standardizer.inverse(pred).numpy(),
-            "target": standardizer.inverse(target).numpy(), "mae": float(err.abs().mean()) * standardizer.std,
+    crystals = torch.cat(index).cpu()
+    exact = targets[crystals] if targets is not None else standardizer.inverse(target)
+    return {"index": crystals.numpy(), "prediction": standardizer.inverse(pred).numpy(),
+            "target": exact.numpy(), "mae": float(err.abs().mean()) * standardizer.std,
             "rmse": math.sqrt(float((err**2).mean())) * standardizer.std, "loss": float((err**2).mean()),
             "crystals": len(pred)}
 
@@ -122,7 +125,8 @@ class TrainedModel:
     def predict(self, indices: torch.Tensor | str, hook: BatchHook | None = None,
                 text: TextOverride | None = None) -> dict[str, Any]:
         """``predict`` over crystals ``indices`` (or a split), optionally with other text (see ``TextOverride``)."""
-        return predict(self.model, self.loader(indices, text=text), self.device, self.standardizer, hook)
+        return predict(self.model, self.loader(indices, text=text), self.device, self.standardizer, hook,
+                       self.data.targets)
 
 
 @dataclass
