@@ -59,10 +59,18 @@ class Cluster:
         # as the README's recipe: a token for the cluster, then the head in token mode
         subprocess.run(["ray", "get-auth-token", "--generate"], env=self.env(self.head_home), check=True,
                        capture_output=True, timeout=120)
-        subprocess.run(["ray", "start", "--head", f"--node-ip-address={self.HEAD_IP}", f"--port={self.port}", "--num-cpus=0",
-                        "--include-dashboard=false", "--disable-usage-stats"], env=self.env(self.head_home),
-                       check=True, capture_output=True, timeout=120)
+        # --block keeps the head's processes in this test's own session, so stopping it touches no other Ray here
+        self.head = subprocess.Popen(["ray", "start", "--head", f"--node-ip-address={self.HEAD_IP}",
+                                      f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false",
+                                      "--disable-usage-stats", "--block"], env=self.env(self.head_home),
+                                     stdout=open(root / "head.log", "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         self.token = (self.head_home / ".ray" / "auth_token").read_text().strip()
+        deadline = time.time() + 120
+        while not self.answers():
+            assert time.time() < deadline and self.head.poll() is None, (root / "head.log").read_text()[-2000:]
+            time.sleep(0.5)
+        self.node_names()  # the head is up and admits a driver with its token
 
     def env(self, home: Path, **extra: str) -> dict[str, str]:
         return {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", **extra}
@@ -84,12 +92,14 @@ class Cluster:
     def kill_worker(self, name: str) -> None:
         """The node dies: every process in its mount namespace at once (the raylet, its workers, the trial there)."""
         namespace = os.readlink(f"/proc/{self.workers.pop(name).pid}/ns/mnt")
-        for proc in Path("/proc").iterdir():
-            try:
-                if proc.name.isdigit() and os.readlink(proc / "ns" / "mnt") == namespace:
-                    os.kill(int(proc.name), signal.SIGKILL)
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                continue  # it ended meanwhile
+        kill_where(lambda proc: os.readlink(proc / "ns" / "mnt") == namespace)
+
+    def answers(self) -> bool:
+        try:
+            socket.create_connection((self.HEAD_IP, self.port), timeout=1.0).close()
+        except OSError:
+            return False
+        return True
 
     def node_names(self, alive_only: bool = False) -> dict[str, str]:
         """Node id -> worker name (dead nodes too, unless ``alive_only``), asked from the cluster itself (a driver
@@ -117,9 +127,20 @@ class Cluster:
                                 text=True, **popen)
 
     def stop(self) -> None:
+        """Every process of this cluster, and nothing else (another Ray on the machine keeps running)."""
         for name in list(self.workers):
             self.kill_worker(name)
-        subprocess.run(["ray", "stop", "--force"], env=self.env(self.head_home), capture_output=True, timeout=120)
+        kill_where(lambda proc: os.getsid(int(proc.name)) == self.head.pid)  # its own session: sid = its pid
+
+
+def kill_where(chosen) -> None:
+    """SIGKILL every process for which ``chosen(Path('/proc/<pid>'))`` holds."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int(proc.name) != os.getpid() and chosen(proc):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
+            continue  # it ended meanwhile
 
 
 @pytest.fixture(scope="module")
