@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,13 +26,16 @@ pytestmark = pytest.mark.slow
 
 
 def _can_unshare() -> bool:
+    """Whether this machine lets a process take its own mount namespace and mount a tmpfs there (root, as here)."""
     if shutil.which("unshare") is None or shutil.which("ray") is None:
         return False
-    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+    with tempfile.TemporaryDirectory() as folder:
+        probe = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs tmpfs {folder}"]
+        return subprocess.run(probe, capture_output=True).returncode == 0
 
 
 if not _can_unshare():
-    pytest.skip("needs `unshare -m` (root, as on this machine and in CI) to give worker nodes their own mounts",
+    pytest.skip("needs `unshare -m` and tmpfs mounts (root, as on this machine) to give worker nodes their own mounts",
                 allow_module_level=True)
 
 
