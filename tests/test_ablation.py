@@ -119,7 +119,10 @@ def test_a_standalone_run_folder_draws_its_curves_and_text_scale(cache_dir, tmp_
                 "True", "--middle_fusion_layers", "1", "--middle_fusion_use_learnable_scale", "True"])
     folder = tmp_path / "formation_energy_peratom"
     summary = analysis.analyze(str(folder), tmp_path / "analysis", device="cpu", permutations=2)
-    assert summary["run"]["epochs"] == 3 and set(summary["figures"]) == {"learning_curves", "text_scale"}
+    assert summary["run"]["epochs"] == 3 and set(summary["figures"]) == {"learning_curves", "text_scale", "parity"}
+    (folder / "test_predictions.csv").rename(folder / "predictions_test.csv")  # the name older runs wrote
+    again = analysis.analyze(str(folder), tmp_path / "analysis2", device="cpu", permutations=2)
+    assert "parity" in again["figures"]
     assert (tmp_path / "analysis" / "text_scale.png").is_file() and summary["checkpoint"]["val_mae"] > 0
 
 

@@ -36,7 +36,7 @@ from tune_fusion.names import (
     study_path,
 )
 from tune_fusion.report import format_table, write_csv, write_report
-from tune_fusion.train import TrainedModel, test_once
+from tune_fusion.train import TrainedModel, read_predictions, test_once
 from tune_fusion.units import unit
 
 log = logging.getLogger(__name__)
@@ -365,6 +365,11 @@ def _analyze_run_dir(folder: Path, out: Path, crystals: int, device: str, cache_
     if scales:
         figures["text_scale"] = plots.save(scales, out / "text_scale.png").name
     metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    predictions = read_predictions(folder)  # test_predictions.csv, or the older predictions_test.csv
+    if predictions is not None:
+        figure = plots.parity(predictions["target"], predictions["prediction"], target,
+                              f"{folder.name}: test split (evaluated once, at the end of the run)")
+        figures["parity"] = plots.save(figure, out / "parity_test.png", vector=True).name
     result = {"run": {"folder": str(folder), "epochs": len(rows), "metrics": metrics}, "figures": figures,
               "target": target, "unit": unit(target)}
     result.update(analyze_checkpoint(folder / "best_val_model.pt", out, crystals, device, cache_dir, permutations,

@@ -127,6 +127,7 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
                      else ""), ""]
         image("learning_curves", "learning curves")
         image("text_scale", "text_scale over epochs")
+        image("parity", "parity plot, test split")
     if summary.get("checkpoint"):
         found = summary["checkpoint"]
         lines += ["## Checkpoint", "", f"`{found['path']}`: validation MAE {with_unit(found['val_mae'], target)}"
