@@ -199,6 +199,14 @@ def check_experiment(exp_dir: str, resume: bool) -> None:
                           "another name")
 
 
+def quiet_console(verbose: bool) -> None:
+    """Without ``verbose``: Ray Tune's old console (its new one prints a configuration box and hints even when
+    silent) and no Optuna notices; the trial lines of ``TrialLines`` are the console."""
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     """Optuna's sampler for the search: TPE with the start-up trials scaled to the budget, multivariate and grouped
     over the conditional parameters, constant liar for concurrent trials (``searcher:`` settings); or random."""
@@ -264,9 +272,7 @@ def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storag
         tune.with_parameters(train_trial, cache_name=cache_name, published=published, base=spec.base.to_dict()),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     exp_dir = experiment_dir(storage, name)
-    if not verbose:  # Ray's new console prints its configuration box and hints even when silent; the old one obeys
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_console(verbose)
     if resume:
         return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
     study = study_path(exp_dir)
@@ -365,6 +371,7 @@ def confirm(experiment: str | Path, top_k: int = 3, seeds: int = 3, address: str
     name = f"{folder.name}{CONFIRM_SUFFIX}"
     check_experiment(str(folder.parent / name), resume=False)
     started = connect(address, verbose=verbose)
+    quiet_console(verbose)
     try:
         from tune_fusion.config import Config
 
