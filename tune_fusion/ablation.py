@@ -72,8 +72,8 @@ def _errors(found: dict[str, Any]) -> np.ndarray:
     return np.abs(found["prediction"] - found["target"])[order]
 
 
-def _effect(errors: np.ndarray, baseline: np.ndarray) -> Effect:
-    difference = errors - baseline
+def _effect(difference: np.ndarray) -> Effect:
+    """The mean of per-crystal paired differences and the half-width of its 95% interval."""
     half = 1.96 * float(difference.std(ddof=1)) / math.sqrt(len(difference)) if len(difference) > 1 else math.inf
     return Effect(float(difference.mean()), half)
 
@@ -91,8 +91,10 @@ def text_ablation(trained: TrainedModel, indices: torch.Tensor | str = "val", pe
                        for mapping in shuffles(indices, permutations, seed)]
     none = _errors(trained.predict(indices, text=TextOverride(constant=neutral_text(trained))))
     shuffled_maes = [float(e.mean()) for e in shuffled_errors]
-    shuffled_mean_errors = np.mean(shuffled_errors, axis=0)
-    effects = {"shuffled": _effect(shuffled_mean_errors, baseline), "none": _effect(none, baseline)}
+    # per crystal: the mean over the shuffles of (its error with another's text - its own error); exactly 0 for a
+    # model that reads no text
+    effects = {"shuffled": _effect(np.mean([e - baseline for e in shuffled_errors], axis=0)),
+               "none": _effect(none - baseline)}
     rows = [
         {"condition": "own", "val_mae": float(baseline.mean()), "spread": 0.0, "runs": 1, "delta_vs_own": 0.0,
          "ci95": 0.0},
