@@ -45,4 +45,5 @@ def test_checkpoints_from_before_text_vector_read_the_whole_text_vector(prepared
     values = tiny_config(cache_dir).to_dict()
     del values["text_vector"]
     assert checkpoint_config({"config": values}, "old.pt").data.text_vector == "truncated"
-    assert checkpoint_config({"config": tiny_config(cache_dir).to_dict()}, "new.pt").data.text_vector == "sentence_mean"
+    chosen = tiny_config(cache_dir, text_vector="sentence_mean").to_dict()
+    assert checkpoint_config({"config": chosen}, "new.pt").data.text_vector == "sentence_mean"

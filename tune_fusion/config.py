@@ -65,9 +65,10 @@ class DataConfig:
     text_encoder: str = _opt(DEFAULT_TEXT_ENCODER, "frozen sentence encoder: all-minilm-l6-v2 or a local model path",
                              cache="texts")
     max_sentences: int = _opt(24, "sentences kept per description for the cross-modal attention")
-    text_vector: str = _opt("sentence_mean", "the crystal's text vector: sentence_mean (normalised mean of its sentence "
-                            "vectors: every sentence counts) or truncated (the whole text as one encoder input, cut at "
-                            "the encoder's 256 tokens, as the original scripts did)")
+    text_vector: str = _opt("truncated", "the crystal's text vector: truncated (the whole text as one encoder input, "
+                            "cut at the encoder's 256 tokens: measurably better on the bundled data, see "
+                            "benchmarks/RESULTS.md) or sentence_mean (normalised mean of its sentence vectors: every "
+                            "sentence counts)")
     max_structures: int = _opt(0, "use only the first N usable records (0 = all); for quick runs", cache="view")
     train_ratio: float = _opt(0.8, "fraction of records for training", cache="view")
     val_ratio: float = _opt(0.1, "fraction of records for validation (model selection)", cache="view")

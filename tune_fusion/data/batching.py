@@ -114,7 +114,7 @@ class CrystalDataset(Dataset):
     """The crystals of one split; items are crystal indices, gathered into a Batch by ``collate``."""
 
     def __init__(self, data: PreparedData, indices: torch.Tensor, standardizer: Standardizer,
-                 max_sentences: int = 24, text_vector: str = "sentence_mean", text: TextOverride | None = None,
+                 max_sentences: int = 24, text_vector: str = "truncated", text: TextOverride | None = None,
                  ) -> None:
         self.data = data
         self.indices = indices.tolist()
@@ -148,7 +148,7 @@ class CrystalDataset(Dataset):
 
 def make_loader(
     data: PreparedData, split: str | torch.Tensor, batch_size: int, standardizer: Standardizer, shuffle: bool = False,
-    seed: int = 0, num_workers: int = 0, max_sentences: int = 24, text_vector: str = "sentence_mean",
+    seed: int = 0, num_workers: int = 0, max_sentences: int = 24, text_vector: str = "truncated",
     text: TextOverride | None = None,
 ) -> DataLoader:
     """A DataLoader over split ``split`` (or crystal indices); shuffled batches are reproducible from ``seed``."""
