@@ -49,16 +49,17 @@ LEVEL = 1.02  # "within 2% of the best any arm found"
 
 
 def bench_space(target: str, max_structures: int, epochs: int, num_samples: int, concurrency: int,
-                sampler: str = "tpe", scheduler: str = "asha", seed: int = 0) -> dict[str, Any]:
-    """The quickstart space with discrete choices (so a table can hold every configuration)."""
+                sampler: str = "tpe", scheduler: str = "asha", seed: int = 0, grace_period: int = 0) -> dict[str, Any]:
+    """The quickstart space with discrete choices (so a table can hold every configuration); its ASHA settings
+    unless ``grace_period`` is given."""
     import yaml
 
     raw = yaml.safe_load((REPO / "search_spaces" / "quickstart.yaml").read_text())
     raw["dataset"] = {**raw["dataset"], "target": target, "max_structures": max_structures}
     raw["fixed"] = {**raw["fixed"], "epochs": epochs}
     raw["search"] = BENCH_SEARCH
-    raw["scheduler"] = ({"type": "asha", "max_t": epochs, "grace_period": max(1, epochs // 3), "reduction_factor": 3}
-                        if scheduler == "asha" else {"type": "fifo"})
+    asha = {**raw["scheduler"], "max_t": epochs, "grace_period": grace_period or raw["scheduler"]["grace_period"]}
+    raw["scheduler"] = asha if scheduler == "asha" else {"type": "fifo"}
     raw["searcher"] = {"type": "optuna", "sampler": sampler, "seed": seed}
     raw.update(num_samples=num_samples, max_concurrent=concurrency)
     return raw
@@ -248,7 +249,7 @@ def run_replay(args: argparse.Namespace) -> dict[str, Any]:
     tables = {t: json.loads((Path(args.tables) / f"search_table_{t}.json").read_text()) for t in TARGETS}
     table = tables[TARGETS[0]]
     spec = parse_spec(bench_space(TARGETS[0], table["max_structures"], table["epochs"], args.num_samples,
-                                  args.concurrency), "bench.yaml")
+                                  args.concurrency, grace_period=args.grace_period), "bench.yaml")
     seeds = list(range(args.seeds))
     runs = {arm: [replay(spec, table, arm, 1000 * (k + 1) + s, tables[TARGETS[1]]) for s in seeds]
             for k, arm in enumerate(ARMS)}  # a different random stream for every arm and seed
@@ -271,12 +272,13 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
     runs, slots = {}, {}
     with tempfile.TemporaryDirectory() as storage:
         source = parse_spec(bench_space(TARGETS[1], table["max_structures"], table["epochs"], args.num_samples,
-                                        args.concurrency), "source.yaml")
+                                        args.concurrency, grace_period=args.grace_period), "source.yaml")
         run_search(source, storage=storage, name="source", verbose=False)
         for k, arm in enumerate(ARMS):
             sampler, scheduler = shapes[arm]
             spec = parse_spec(bench_space(TARGETS[0], table["max_structures"], table["epochs"], args.num_samples,
-                                          args.concurrency, sampler, scheduler, seed=1000 * (k + 1)), f"{arm}.yaml")
+                                          args.concurrency, sampler, scheduler, seed=1000 * (k + 1),
+                                          grace_period=args.grace_period), f"{arm}.yaml")
             start = time.monotonic()
             found = run_search(spec, storage=storage, name=arm, verbose=False,
                                warm_start=(f"{storage}/source",) if arm == "tpe_asha_warm" else ())
@@ -315,6 +317,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=9, help="epochs of every trial (ASHA's max_t)")
     parser.add_argument("--num-samples", type=int, default=24, help="trials per search, every arm")
     parser.add_argument("--concurrency", type=int, default=2, help="trials at once, every arm")
+    parser.add_argument("--grace-period", type=int, default=0,
+                        help="ASHA's first rung (default: the quickstart space's)")
     parser.add_argument("--seeds", type=int, default=20, help="replayed searches per arm")
     parser.add_argument("--tables", default=str(RESULTS), help="where the recorded tables are")
     parser.add_argument("--output", default=str(RESULTS / "search_efficiency.json"))
