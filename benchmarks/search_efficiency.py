@@ -166,7 +166,7 @@ def replay(spec, table: dict[str, Any], arm: str, seed: int, warm: dict[str, Any
 
     import optuna
 
-    from tune_fusion.search import make_sampler
+    from tune_fusion.search import ask_new, make_sampler
     from tune_fusion.space import DefineByRun
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -182,10 +182,14 @@ def replay(spec, table: dict[str, Any], arm: str, seed: int, warm: dict[str, Any
     running: list[tuple[float, int, Any, dict, int]] = []  # (finish time of its epoch, tie, trial, entry, epoch)
     started, consumed, best, now, events, tie = 0, 0, float("inf"), 0.0, [], itertools.count()
 
-    def start(at: float) -> None:
-        nonlocal started
+    def ask() -> optuna.Trial:
         trial = study.ask()
         space(trial)
+        return trial
+
+    def start(at: float) -> None:
+        nonlocal started
+        trial = ask_new(study, ask)  # as the real search does: a repeat of a finished configuration is skipped
         entry = table["configurations"][key_of(trial.params)]
         heapq.heappush(running, (at + entry["seconds"][0], next(tie), trial, entry, 1))
         started += 1

@@ -176,6 +176,52 @@ def test_tpe_settings_scale_with_the_budget_and_reach_the_sampler(tmp_path):
     assert make_sampler(custom)._n_startup_trials == 5 and not make_sampler(custom)._constant_liar
 
 
+def three_configs(trial: optuna.Trial) -> None:
+    trial.suggest_categorical("middle_fusion_layers", ["0", "1", "0,1"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_searcher_does_not_run_a_finished_configuration_again(seed):
+    from tune_fusion.names import FINISHED, METRIC
+    from tune_fusion.search import FusionOptunaSearch
+
+    searcher = FusionOptunaSearch(space=three_configs, metric=METRIC, mode="min",
+                                  sampler=optuna.samplers.RandomSampler(seed=seed))
+    configs = []
+    for i in range(3):
+        configs.append(searcher.suggest(f"t{i}"))
+        result = {METRIC: 0.5 + i, "best_val_mae": 0.5 + i, "training_iteration": 1, FINISHED: i != 1}
+        searcher.on_trial_complete(f"t{i}", result)  # t1: stopped by the scheduler
+    assert sorted(c["middle_fusion_layers"] for c in configs) == ["0", "0,1", "1"]  # three proposals, no repeat
+    study = searcher._ot_study
+    ran = {t.number for t in study.trials if "ray_trial_id" in t.user_attrs}
+    for trial in study.trials:  # a skipped repeat carries the earlier trial's result, so the sampler learns from it
+        if trial.number not in ran:
+            earlier = study.trials[trial.user_attrs["repeat_of"]]
+            assert (trial.params, trial.state, trial.values, trial.intermediate_values) == (
+                earlier.params, earlier.state, earlier.values, earlier.intermediate_values)
+    assert searcher.suggest("t3") is not None  # an exhausted space still proposes (a repeat), it does not hang
+
+
+def test_points_to_evaluate_run_even_when_they_repeat():
+    from tune_fusion.search import ask_new
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(2):
+        study.enqueue_trial({"middle_fusion_layers": "0"})
+
+    def ask() -> optuna.Trial:
+        trial = study.ask()
+        three_configs(trial)
+        return trial
+
+    for _ in range(2):
+        trial = ask_new(study, ask)
+        assert trial.params == {"middle_fusion_layers": "0"}
+        study.tell(trial, 1.0)
+    assert len(study.trials) == 2
+
+
 def test_a_bad_warm_start_is_a_one_line_error_before_ray_starts(tmp_path):
     out = subprocess.run([sys.executable, "run_search.py", "--space", str(REPO / "search_spaces" / "quickstart.yaml"),
                           "--warm-start", str(tmp_path), "--storage", str(tmp_path / "r")], capture_output=True,

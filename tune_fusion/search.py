@@ -50,9 +50,54 @@ CHECKPOINTS_KEPT = 2  # per trial: the latest (resume) and the one before (in ca
 __all__ = ["DEFAULT_STORAGE", "SearchRun", "best_checkpoint_path", "run_search"]
 
 
+REPEAT_TRIES = 8  # proposals that repeat a finished configuration, skipped before one is run anyway
+
+
+def tell_if_repeat(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """If a finished (completed or stopped) trial of ``study`` had exactly ``trial``'s parameters, give ``trial`` its
+    result (per-epoch values, value, state) and return True: training the same configuration again with the same
+    seed would spend epochs to learn nothing. Optuna's TPE repeats configurations freely in discrete spaces (and a
+    warm-started one keeps proposing the earlier search's favourite), so the search asks again instead. Points the
+    user listed (``points_to_evaluate``) always run."""
+    finished = study.get_trials(deepcopy=False)
+    if "fixed_params" in finished[trial.number].system_attrs:
+        return False
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    earlier = next((t for t in finished if t.state in done and t.params == trial.params), None)
+    if earlier is None:
+        return False
+    for step, value in earlier.intermediate_values.items():
+        trial.report(value, step)
+    trial.set_user_attr("repeat_of", earlier.number)
+    study.tell(trial, earlier.value if earlier.state == done[0] else None, state=earlier.state)
+    return True
+
+
+def ask_new(study: optuna.Study, ask: Any) -> optuna.Trial:
+    """``ask()`` (a new trial of ``study`` with its parameters drawn) until it gives a configuration no finished
+    trial had, at most REPEAT_TRIES + 1 times; the last one runs even if it repeats (the space may be exhausted)."""
+    for _ in range(REPEAT_TRIES):
+        trial = ask()
+        if not tell_if_repeat(study, trial):
+            return trial
+    return ask()
+
+
 class FusionOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells the study each trial's best validation MAE (not its last epoch's), and records
-    scheduler-stopped trials as PRUNED and NaN-stopped or misconfigured ones as FAIL."""
+    """OptunaSearch that skips proposals repeating a finished configuration (``ask_new``), tells the study each
+    trial's best validation MAE (not its last epoch's), and records scheduler-stopped trials as PRUNED and
+    NaN-stopped or misconfigured ones as FAIL."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        configs: list[dict | None] = []
+
+        def ask() -> optuna.Trial:
+            self._ot_trials.pop(trial_id, None)
+            configs.append(super(FusionOptunaSearch, self).suggest(trial_id))
+            return self._ot_trials[trial_id]
+
+        ask_new(self._ot_study, ask)
+        return configs[-1]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if error or not result or trial_id in self._completed_trials:
