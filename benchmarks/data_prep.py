@@ -69,8 +69,9 @@ def main() -> None:
     per_crystal_mb = last["cache_mb"] / last["crystals"]
     print(f"warm load is {last['cold/warm']}x cheaper than a cold build at {last['crystals']} crystals")
     print(f"dft_3d ({DFT_3D} crystals), extrapolated linearly: cache ~{per_crystal_mb * DFT_3D / 1e3:.1f} GB on "
-          f"disk (memory-mapped: shared by every trial on a node), cold build without text "
-          f"~{last['cold_build_s'] / last['crystals'] * DFT_3D / 60:.0f} min; opening costs milliseconds at any size "
+          f"disk (memory-mapped: shared by every trial on a node), cold build with the descriptions given "
+          f"~{last['cold_build_s'] / last['crystals'] * DFT_3D / 60:.0f} min on this machine, of which embedding "
+          f"~{last['embedding_s'] / last['crystals'] * DFT_3D / 60:.0f} min; opening costs milliseconds at any size "
           f"(measured at 55,000 crystals by benchmarks/scale.py); {per_crystal_load * 1e3:.3f} ms per crystal here")
     if args.describe:
         seconds = describe_seconds(args.describe)
