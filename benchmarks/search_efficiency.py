@@ -50,15 +50,17 @@ LEVEL = 1.02  # "within 2% of the best any arm found"
 
 def bench_space(target: str, max_structures: int, epochs: int, num_samples: int, concurrency: int,
                 sampler: str = "tpe", scheduler: str = "asha", seed: int = 0, grace_period: int = 0) -> dict[str, Any]:
-    """The quickstart space with discrete choices (so a table can hold every configuration); its ASHA settings
-    unless ``grace_period`` is given."""
+    """The quickstart space with discrete choices (so a table can hold every configuration) and its ASHA settings
+    for ``epochs`` (unless ``grace_period`` is given)."""
     import yaml
 
     raw = yaml.safe_load((REPO / "search_spaces" / "quickstart.yaml").read_text())
     raw["dataset"] = {**raw["dataset"], "target": target, "max_structures": max_structures}
     raw["fixed"] = {**raw["fixed"], "epochs": epochs}
     raw["search"] = BENCH_SEARCH
-    asha = {**raw["scheduler"], "max_t": epochs, "grace_period": grace_period or raw["scheduler"]["grace_period"]}
+    shipped = raw["scheduler"]  # its first rung at the same fraction of the epochs
+    grace_period = grace_period or max(1, round(shipped["grace_period"] * epochs / shipped["max_t"]))
+    asha = {**shipped, "max_t": epochs, "grace_period": grace_period}
     raw["scheduler"] = asha if scheduler == "asha" else {"type": "fifo"}
     raw["searcher"] = {"type": "optuna", "sampler": sampler, "seed": seed}
     raw.update(num_samples=num_samples, max_concurrent=concurrency)
