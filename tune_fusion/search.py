@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,18 +63,18 @@ def tell_if_repeat(study: optuna.Study, trial: optuna.Trial) -> bool:
     finished = study.get_trials(deepcopy=False)
     if "fixed_params" in finished[trial.number].system_attrs:
         return False
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    earlier = next((t for t in finished if t.state in done and t.params == trial.params), None)
+    complete, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+    earlier = next((t for t in finished if t.state in (complete, pruned) and t.params == trial.params), None)
     if earlier is None:
         return False
     for step, value in earlier.intermediate_values.items():
         trial.report(value, step)
     trial.set_user_attr("repeat_of", earlier.number)
-    study.tell(trial, earlier.value if earlier.state == done[0] else None, state=earlier.state)
+    study.tell(trial, earlier.value if earlier.state == complete else None, state=earlier.state)
     return True
 
 
-def ask_new(study: optuna.Study, ask: Any) -> optuna.Trial:
+def ask_new(study: optuna.Study, ask: Callable[[], optuna.Trial]) -> optuna.Trial:
     """``ask()`` (a new trial of ``study`` with its parameters drawn) until it gives a configuration no finished
     trial had, at most REPEAT_TRIES + 1 times; the last one runs even if it repeats (the space may be exhausted)."""
     for _ in range(REPEAT_TRIES):
