@@ -222,6 +222,34 @@ def test_points_to_evaluate_run_even_when_they_repeat():
     assert len(study.trials) == 2
 
 
+def test_warm_start_copies_are_not_taken_for_results_of_this_search():
+    from tune_fusion.names import REPEAT_OF, WARM_START_FROM
+    from tune_fusion.search import ask_new
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    layers = optuna.distributions.CategoricalDistribution(["0", "1", "0,1"])
+    for value in ("0", "1", "0,1"):  # an earlier search (another target) tried every configuration
+        study.add_trial(optuna.trial.create_trial(params={"middle_fusion_layers": value},
+                                                  distributions={"middle_fusion_layers": layers}, value=20.0,
+                                                  user_attrs={WARM_START_FROM: "earlier"}))
+
+    def ask() -> optuna.Trial:
+        trial = study.ask()
+        three_configs(trial)
+        return trial
+
+    trained = []
+    for i in range(3):
+        trial = ask_new(study, ask)
+        study.tell(trial, 0.1 * (i + 1))
+        trained.append(trial.params["middle_fusion_layers"])
+    assert sorted(trained) == ["0", "0,1", "1"]  # each trained here once, though the earlier search had them all
+    for trial in study.trials:
+        if REPEAT_OF in trial.user_attrs:  # repeats carry this search's results, never the earlier search's
+            earlier = study.trials[trial.user_attrs[REPEAT_OF]]
+            assert WARM_START_FROM not in earlier.user_attrs and trial.value == earlier.value < 1
+
+
 def test_a_bad_warm_start_is_a_one_line_error_before_ray_starts(tmp_path):
     out = subprocess.run([sys.executable, "run_search.py", "--space", str(REPO / "search_spaces" / "quickstart.yaml"),
                           "--warm-start", str(tmp_path), "--storage", str(tmp_path / "r")], capture_output=True,

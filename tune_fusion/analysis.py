@@ -32,6 +32,7 @@ from tune_fusion.names import (
     STUDY_FILE,
     Status,
     StopReason,
+    is_copy,
     is_uri,
     study_path,
 )
@@ -235,8 +236,14 @@ def parameter_importance(folder: Path, experiment: str | None = None) -> tuple[d
     names = optuna.get_all_study_names(storage)
     if not names:
         return {}, f"{found} holds no Optuna study: parameter importance not computed"
-    study = optuna.load_study(study_name=name if name in names else names[0], storage=storage)
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    stored = optuna.load_study(study_name=name if name in names else names[0], storage=storage)
+    complete = [t for t in stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if not is_copy(t.user_attrs)]  # the trials this search trained, not repeats or warm-start copies
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    study = optuna.create_study(direction="minimize")
+    optuna.logging.set_verbosity(verbosity)
+    study.add_trials(complete)
     if len(complete) < 2:
         return {}, f"parameter importance needs at least 2 completed trials; the study has {len(complete)}"
     # Every completed trial has these, with more than one value (conditional or constant ones cannot be ranked).

@@ -13,6 +13,14 @@ CHECKPOINT_FILE = "checkpoint.pt"  # inside each of a trial's checkpoint_* folde
 STUDY_FILE = "optuna_study.db"  # the persisted Optuna study, in the experiment folder
 SPACE_FILE = "search_space.json"  # the searched parameters' distributions and the target, for the analysis
 DEFAULT_STORAGE = "~/ray_results"
+# user attributes of study rows that ran nothing in their search: a skipped repeat (the number of the trial whose
+# result it carries) and a trial copied in by a warm start (the earlier experiment)
+REPEAT_OF, WARM_START_FROM = "repeat_of", "warm_start_from"
+
+
+def is_copy(user_attrs: dict) -> bool:
+    """Whether a study row with these user attributes ran nothing in its own search (a repeat or a warm-start copy)."""
+    return REPEAT_OF in user_attrs or WARM_START_FROM in user_attrs
 
 
 class StopReason(StrEnum):

@@ -35,9 +35,12 @@ from tune_fusion.names import (
     FINISHED,
     METRIC,
     MODE,
+    REPEAT_OF,
     SPACE_FILE,
+    WARM_START_FROM,
     StopReason,
     experiment_dir,
+    is_copy,
     is_uri,
     study_path,
 )
@@ -55,21 +58,23 @@ REPEAT_TRIES = 8  # proposals that repeat a finished configuration, skipped befo
 
 
 def tell_if_repeat(study: optuna.Study, trial: optuna.Trial) -> bool:
-    """If a finished (completed or stopped) trial of ``study`` had exactly ``trial``'s parameters, give ``trial`` its
-    result (per-epoch values, value, state) and return True: training the same configuration again with the same
-    seed would spend epochs to learn nothing. Optuna's TPE repeats configurations freely in discrete spaces (and a
-    warm-started one keeps proposing the earlier search's favourite), so the search asks again instead. Points the
-    user listed (``points_to_evaluate``) always run."""
-    finished = study.get_trials(deepcopy=False)
-    if "fixed_params" in finished[trial.number].system_attrs:
+    """If a trial this search ran to its end or stopped had exactly ``trial``'s parameters, give ``trial`` that
+    trial's result (per-epoch values, value, state) and return True: training the same configuration again with the
+    same seed would spend epochs to learn nothing. Optuna's TPE repeats configurations freely in discrete spaces (and
+    a warm-started one keeps proposing the earlier search's favourite), so the search asks again instead. Trials
+    copied in by a warm start are evidence from another search, not results of this one: a configuration they hold
+    is trained here once. Points the user listed (``points_to_evaluate``) always run."""
+    trials = study.get_trials(deepcopy=False)
+    if "fixed_params" in trials[trial.number].system_attrs:
         return False
     complete, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
-    earlier = next((t for t in finished if t.state in (complete, pruned) and t.params == trial.params), None)
+    earlier = next((t for t in reversed(trials) if t.state in (complete, pruned) and t.params == trial.params
+                    and not is_copy(t.user_attrs)), None)
     if earlier is None:
         return False
     for step, value in earlier.intermediate_values.items():
         trial.report(value, step)
-    trial.set_user_attr("repeat_of", earlier.number)
+    trial.set_user_attr(REPEAT_OF, earlier.number)
     study.tell(trial, earlier.value if earlier.state == complete else None, state=earlier.state)
     return True
 
@@ -93,7 +98,8 @@ class FusionOptunaSearch(OptunaSearch):
         configs: list[dict | None] = []
 
         def ask() -> optuna.Trial:
-            self._ot_trials.pop(trial_id, None)
+            if configs:  # the trial asked before was a repeat, told and done: ask a new one for this Ray trial
+                del self._ot_trials[trial_id]
             configs.append(super(FusionOptunaSearch, self).suggest(trial_id))
             return self._ot_trials[trial_id]
 
@@ -281,7 +287,7 @@ def feed_earlier_trials(experiment: str | Path, spec: SearchSpec, storage: optun
         raise ConfigError(f"warm start from {earlier}: {path} holds no study")
     old = optuna.load_study(study_name=earlier.name if earlier.name in studies else studies[0], storage=source)
     wanted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    finished = old.get_trials(deepcopy=False, states=wanted)
+    finished = [t for t in old.get_trials(deepcopy=False, states=wanted) if REPEAT_OF not in t.user_attrs]
     params = {p.name: p for p in spec.params}
     outside = sorted({k for t in finished for k in t.params if k not in params})
     if outside:
@@ -294,7 +300,7 @@ def feed_earlier_trials(experiment: str | Path, spec: SearchSpec, storage: optun
             study.add_trial(optuna.trial.create_trial(
                 params=trial.params, distributions=distributions, values=trial.values, state=trial.state,
                 intermediate_values=trial.intermediate_values,
-                user_attrs={**trial.user_attrs, "warm_start_from": str(earlier)}))
+                user_attrs={**trial.user_attrs, WARM_START_FROM: str(earlier)}))
         except ValueError as err:
             raise ConfigError(f"warm start from {earlier}: trial {trial.number} does not fit {spec.source} ({err}); "
                               "widen the new space or warm-start from a compatible search") from None
