@@ -139,7 +139,7 @@ def _layer_summary(values: dict[str, torch.Tensor], text_scale: float, z: torch.
 # not depend on the encoder). The node/text norm ratio and the cosine: the guide's "balanced 0.9-1.2" and "low below
 # 0.3" assume MatSciBERT vectors; with the default MiniLM vectors (L2-normalised), 8 trained fused models on the
 # bundled data (text scales 4-18, 11 fused layers, validation MAE 0.29-0.34 eV/atom) measured a ratio of 0.85-4.2
-# and a cosine after fusion of 0.11-0.57. The bounds: a factor 4 beyond the measured ratios, half the lowest cosine.
+# and a cosine after fusion of 0.11-0.57. The bounds: about a factor 4 beyond the measured ratios (0.2, 16), half the lowest cosine.
 TEXT_SCALE_EXPLODING, TEXT_SCALE_COLLAPSING = 50.0, 0.1
 NORM_RATIO_RANGE = (0.2, 16.0)
 LOW_COSINE = 0.05

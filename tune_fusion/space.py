@@ -9,7 +9,7 @@ Shape of a file (every key is checked before Ray starts; see search_spaces/*.yam
       middle_fusion_layers: {type: choice, values: ["2", "3", "2,3"]}
       use_cross_modal: {type: choice, values: [true, false]}
       cross_modal_num_heads: {type: choice, values: [1, 2, 4, 8], when: {use_cross_modal: true}}
-    scheduler: {type: asha, max_t: 30, grace_period: 3, reduction_factor: 3}             # or {type: fifo}
+    scheduler: {type: asha, max_t: 30, grace_period: 12, reduction_factor: 3}            # or {type: fifo}
     searcher: {type: optuna, sampler: tpe, seed: 0, points_to_evaluate: [...]}          # sampler: tpe | random
     resources: {cpu: 1, gpu: 0}
     num_samples: 32
