@@ -255,3 +255,28 @@ def test_a_bad_warm_start_is_a_one_line_error_before_ray_starts(tmp_path):
                           "--warm-start", str(tmp_path), "--storage", str(tmp_path / "r")], capture_output=True,
                          text=True, cwd=REPO, timeout=120)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "no Optuna study" in out.stderr
+
+
+def test_parameter_importance_counts_only_the_trials_the_search_trained(tmp_path):
+    from tune_fusion.analysis import parameter_importance
+    from tune_fusion.names import REPEAT_OF, STUDY_FILE, WARM_START_FROM
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    study = optuna.create_study(study_name="exp", storage=f"sqlite:///{folder / STUDY_FILE}")
+    rate = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    fusion = optuna.distributions.CategoricalDistribution([True, False])
+
+    def add(lr: float, fused: bool, value: float, **attrs) -> None:
+        study.add_trial(optuna.trial.create_trial(
+            params={"learning_rate": lr, "use_middle_fusion": fused},
+            distributions={"learning_rate": rate, "use_middle_fusion": fusion}, value=value, user_attrs=attrs))
+
+    for i in range(8):  # trained here: the value follows the learning rate
+        add(1e-4 * 1.8 ** i, i % 2 == 0, 0.5 - 0.03 * i)
+    for _ in range(8):  # copies that would make fusion look decisive if they were counted
+        add(1e-3, True, 0.1, **{WARM_START_FROM: "elsewhere"})
+        add(1e-3, False, 0.9, **{REPEAT_OF: 0})
+    importances, note = parameter_importance(folder)
+    assert "over the 8 completed trials" in note
+    assert importances["learning_rate"] > importances["use_middle_fusion"]
