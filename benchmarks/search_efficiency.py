@@ -94,9 +94,8 @@ def record(target: str, args: argparse.Namespace) -> Path:
 
     from tune_fusion.cluster import connect
     from tune_fusion.data import prepare
-    from tune_fusion.search import trial_name
+    from tune_fusion.search import make_trainable, trial_name
     from tune_fusion.space import parse_spec
-    from tune_fusion.trainable import train_trial
 
     spec = parse_spec(bench_space(target, args.max_structures, args.epochs, 1, args.concurrency), "bench.yaml")
     configs = configurations(spec)
@@ -104,8 +103,7 @@ def record(target: str, args: argparse.Namespace) -> Path:
     with tempfile.TemporaryDirectory() as storage:
         connect(verbose=False)
         data, _ = prepare(spec.base.data)
-        trainable = tune.with_resources(tune.with_parameters(train_trial, cache_name=data.path.name, published=None,
-                                                             base={}), {"cpu": 1, "gpu": 0})
+        trainable = make_trainable(data.path.name, None, {}, {"cpu": 1, "gpu": 0})
         tuner = tune.Tuner(trainable, param_space={"job": tune.grid_search(jobs)},
                            tune_config=tune.TuneConfig(max_concurrent_trials=args.concurrency, reuse_actors=True,
                                                        trial_name_creator=trial_name,

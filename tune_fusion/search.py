@@ -318,11 +318,38 @@ def optuna_distribution(param: Any) -> optuna.distributions.BaseDistribution:
                                                   step=param.step if param.type == "uniform" else None)
 
 
+def publish_on_cluster(data: Any, storage: str, address: str | None) -> str | None:
+    """On a cluster (``address`` given), publish the prepared cache under ``storage`` so that nodes that lack it (now
+    or when they join) fetch it; returns where, or None for a local Ray."""
+    if address is None:
+        return None
+    published = published_root(storage)
+    publish(data.path, published)
+    return published
+
+
+def make_trainable(cache_name: str, published: str | None, base: dict[str, Any], resources: dict[str, float]) -> Any:
+    """``train_trial`` with the cache it reads and the resources each trial asks for."""
+    return tune.with_resources(
+        tune.with_parameters(train_trial, cache_name=cache_name, published=published, base=base), resources)
+
+
+def make_run_config(name: str, storage: str, verbose: bool, target: str) -> tune.RunConfig:
+    """Where trials write, the checkpoints kept, retries of failed trials, and the console (Ray's or the quiet
+    ``TrialLines``)."""
+    return tune.RunConfig(
+        name=name, storage_path=storage,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        failure_config=tune.FailureConfig(max_failures=2),
+        verbose=1 if verbose else 0,
+        callbacks=None if verbose else [TrialLines(target)],
+    )
+
+
 def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storage: str, name: str, resume: bool,
                 verbose: bool = True, warm_start: tuple[str, ...] = ()) -> tune.Tuner:
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, cache_name=cache_name, published=published, base=spec.base.to_dict()),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    trainable = make_trainable(cache_name, published, spec.base.to_dict(),
+                               {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     exp_dir = experiment_dir(storage, name)
     quiet_console(verbose)
     if resume:
@@ -348,13 +375,7 @@ def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storag
             searcher, max_concurrent=spec.max_concurrent), scheduler=scheduler, num_samples=spec.num_samples,
             time_budget_s=spec.time_budget_s, trial_name_creator=trial_name, trial_dirname_creator=trial_name,
             reuse_actors=True),  # a trial starts in a warm process: no re-import of torch, DGL and the library
-        run_config=tune.RunConfig(
-            name=name, storage_path=storage,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-            failure_config=tune.FailureConfig(max_failures=2),
-            verbose=1 if verbose else 0,
-            callbacks=None if verbose else [TrialLines(spec.base.data.target)],
-        ),
+        run_config=make_run_config(name, storage, verbose, spec.base.data.target),
     )
 
 
@@ -379,10 +400,7 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
         check_shared(storage, "storage")
         data, built = prepare(spec.base.data)
         log.info("prepared data %s (%s)", data.path, "built now" if built else "already prepared")
-        published = None
-        if address is not None:  # on a cluster: nodes that lack the cache (now or when they join) fetch it from here
-            published = published_root(storage)
-            publish(data.path, published)
+        published = publish_on_cluster(data, storage, address)
         if not is_uri(exp_dir):  # what the analysis needs to know of the space (log-scale axes, units)
             Path(exp_dir).mkdir(parents=True, exist_ok=True)
             (Path(exp_dir) / SPACE_FILE).write_text(json.dumps(space_summary(spec), indent=1))
@@ -428,21 +446,13 @@ def confirm(experiment: str | Path, top_k: int = 3, seeds: int = 3, address: str
         from tune_fusion.config import Config
 
         data, _ = prepare(Config.from_dict(jobs[0]["config"]).data)
-        published = None
-        if address is not None:
-            published = published_root(str(folder.parent))
-            publish(data.path, published)
-        trainable = tune.with_resources(
-            tune.with_parameters(train_trial, cache_name=data.path.name, published=published, base={}), resources)
+        published = publish_on_cluster(data, str(folder.parent), address)
         tuner = tune.Tuner(
-            trainable, param_space={"job": tune.grid_search(jobs)},
+            make_trainable(data.path.name, published, {}, resources), param_space={"job": tune.grid_search(jobs)},
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=space.get("max_concurrent", 2),
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                                         reuse_actors=True),
-            run_config=tune.RunConfig(name=name, storage_path=str(folder.parent),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-                                      failure_config=tune.FailureConfig(max_failures=2), verbose=1 if verbose else 0,
-                                      callbacks=None if verbose else [TrialLines(data.meta["settings"]["target"])]))
+            run_config=make_run_config(name, str(folder.parent), verbose, data.meta["settings"]["target"]))
         tuner.fit()
     finally:
         if started:
