@@ -26,6 +26,7 @@ from tune_fusion.data import make_loader
 from tune_fusion.diagnostics import compare, diagnose, first_of_split, scale_text
 from tune_fusion.errors import DataError
 from tune_fusion.export import load_checkpoint, open_model
+from tune_fusion.names import METRIC
 
 pytestmark = pytest.mark.slow
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -71,7 +72,7 @@ def test_table_lists_every_trial_with_the_right_status(analysed, experiment):
         reported = rows[f"trial_{row['trial']}"]
         expected = "completed" if reported[-1]["trial_finished"] else "stopped_by_scheduler"
         assert row["status"] == expected
-        assert int(row["epochs"]) == reported[-1]["training_iteration"]
+        assert int(row["epochs"]) == reported[-1]["epoch"]
         assert float(row["best_val_mae"]) == pytest.approx(min(r["val_mae"] for r in reported))
         assert float(row["last_val_mae"]) == pytest.approx(reported[-1]["val_mae"])
         assert "learning_rate" in row and "use_middle_fusion" in row
@@ -249,7 +250,7 @@ def write_trial(folder: Path, rows: list[dict], error: str = "") -> None:
 
 def test_every_status_is_told_apart(tmp_path):
     def row(epoch, finished=0, done=False, reason="", val=0.5):
-        return {"training_iteration": epoch, "val_mae": val, "trial_finished": finished, "done": done,
+        return {"epoch": epoch, "training_iteration": epoch, "val_mae": val, "trial_finished": finished, "done": done,
                 "stop_reason": reason, "trial_id": f"t{epoch}{finished}{done}{reason[:3]}"}
 
     write_trial(tmp_path / "trial_a", [row(1), row(2, 1, True)])
@@ -271,6 +272,17 @@ def test_every_status_is_told_apart(tmp_path):
         os.utime(path, (old, old))
     stale = {t.path.name: t.status for t in analysis.read_trials(tmp_path)}
     assert stale["trial_g"] == "interrupted" and stale["trial_b"] == "stopped_by_scheduler"
+
+
+def test_an_epoch_reported_again_by_a_resumed_trial_counts_once(tmp_path):
+    def row(epoch, val, resumed_from=0):  # a resumed trial retrains (or tells again) the epochs Ray's snapshot lacked
+        return {"epoch": epoch, "training_iteration": epoch, "val_mae": val, METRIC: val, "trial_finished": int(
+            epoch == 3), "done": epoch == 3, "stop_reason": "", "resumed_from_epoch": resumed_from, "trial_id": "t"}
+
+    write_trial(tmp_path / "trial_t", [row(1, 0.6), row(2, 0.5), row(2, 0.45, 1), row(3, 0.4, 1), row(3, 0.4, 3)])
+    (trial,) = analysis.read_trials(tmp_path)
+    assert [(r["epoch"], r["val_mae"]) for r in trial.history] == [(1, 0.6), (2, 0.45), (3, 0.4)]  # the last holds
+    assert (trial.status, trial.epochs, trial.history[-1]["resumed_from_epoch"]) == ("completed", 3, 3)
 
 
 def cli(argv: list[str], capsys) -> str:

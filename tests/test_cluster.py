@@ -45,6 +45,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The head checks its nodes every second and calls one dead after 3 misses (Ray's defaults take several times longer)
+DEATH_NOTICED_IN_3_S = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+                        "RAY_health_check_failure_threshold": "3"}
+
+
 class Cluster:
     """A head node (no CPUs: trials go to workers, as in cluster.yaml) and worker nodes added on demand."""
 
@@ -66,7 +71,7 @@ class Cluster:
         # --block keeps the head's processes in this test's own session, so stopping it touches no other Ray here
         self.head = subprocess.Popen(["ray", "start", "--head", f"--node-ip-address={self.HEAD_IP}",
                                       f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false",
-                                      "--disable-usage-stats", "--block"], env=self.env(self.head_home),
+                                      "--disable-usage-stats", "--block"], env=self.env(self.head_home, **DEATH_NOTICED_IN_3_S),
                                      stdout=open(root / "head.log", "w"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.token = (self.head_home / ".ray" / "auth_token").read_text().strip()
@@ -216,7 +221,7 @@ def test_workers_that_join_later_and_a_worker_killed_mid_search(cluster, long_sp
     for name in list(cluster.workers):
         cluster.kill_worker(name)  # a fresh start: no node is up when the search begins
     deadline = time.time() + 120
-    while cluster.node_names(alive_only=True):  # until the cluster has noticed (health checks, ~15 s)
+    while cluster.node_names(alive_only=True):  # until the cluster has noticed (health checks, ~3 s)
         assert time.time() < deadline, "the killed workers are still listed alive"
         time.sleep(1.0)
     driver = cluster.search(long_space, "late_join")
@@ -246,7 +251,9 @@ def test_workers_that_join_later_and_a_worker_killed_mid_search(cluster, long_sp
 def test_a_driver_without_the_token_gets_one_line_saying_what_to_do(cluster, space, tmp_path):
     stranger = tmp_path / "no_token_home"
     stranger.mkdir()
-    for env in ({"HOME": str(stranger)}, {"HOME": str(stranger), "RAY_AUTH_TOKEN": "0" * 32}):
+    # a refused token is refused at every one of the driver's attempts to reach the head: 3 of them, not Ray's 20
+    for env in ({"HOME": str(stranger)}, {"HOME": str(stranger), "RAY_AUTH_TOKEN": "0" * 32,
+                                          "RAY_gcs_server_port_wait_time_s": "3"}):
         done = subprocess.run([sys.executable, "run_search.py", "--space", str(space), "--address", cluster.address,
                                "--storage", str(tmp_path / "s"), "--name", "refused"], cwd=REPO,
                               env={**cluster.env(stranger), **env}, capture_output=True, text=True, timeout=180)

@@ -19,7 +19,7 @@ from tune_fusion.units import axis_label, unit, with_unit
 
 
 def trial(trial_id: str, status: Status, maes: list[float], **params) -> SimpleNamespace:
-    history = [{"training_iteration": i + 1, "val_mae": m, "text_scale/layer_0": 1.0 + 0.1 * i} for i, m in
+    history = [{"epoch": i + 1, "training_iteration": i + 1, "val_mae": m, "text_scale/layer_0": 1.0 + 0.1 * i} for i, m in
                enumerate(maes)]
     return SimpleNamespace(trial_id=trial_id, status=status, params=params, history=history,
                            best_val_mae=min(maes))

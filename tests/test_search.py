@@ -4,6 +4,7 @@ cluster that loses a worker node mid-trial."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, trial_rows, write_space
-from tune_fusion.names import STUDY_FILE
+from tune_fusion.analysis import read_trials
+from tune_fusion.names import STUDY_FILE, Status
 from tune_fusion.search import run_search
 from tune_fusion.space import load_spec
 
@@ -124,13 +126,13 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def run_search_cli(*args: str) -> subprocess.Popen:
+def run_search_cli(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "run_search.py", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, env={**os.environ, **env})
 
 
 def test_resume_after_the_driver_is_killed(tmp_path, cache_dir, prepared):
-    space = write_space(tmp_path / "resume.yaml", cache_dir, num_samples=6, epochs=3)
+    space = write_space(tmp_path / "resume.yaml", cache_dir, num_samples=4, epochs=3)
     fifo = yaml.safe_load(space.read_text())
     fifo["scheduler"] = {"type": "fifo"}  # every trial runs to its end: the kill always lands mid-search
     space.write_text(yaml.safe_dump(fifo))
@@ -145,17 +147,72 @@ def test_resume_after_the_driver_is_killed(tmp_path, cache_dir, prepared):
     done_before = wait_for(finished_trials, 300, "two finished trials", driver)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started, mid-search
     driver.wait()
-    assert sum(bool(r and r[-1]["trial_finished"]) for r in trial_rows(exp_dir).values()) < 6  # really mid-search
+    assert sum(bool(r and r[-1]["trial_finished"]) for r in trial_rows(exp_dir).values()) < 4  # really mid-search
     resumed = run_search_cli(*args, "--resume")
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-3000:]
     after = trial_rows(exp_dir)
     for name, rows in done_before.items():
-        assert after[name][: len(rows)] == rows and len(after[name]) == len(rows)  # finished trials not rerun
-    assert len(after) == 6 and all(r[-1]["trial_finished"] for r in after.values())
+        assert nothing_trained_again(rows, after[name])  # finished trials are not run again
+    assert len(after) == 4 and all(r[-1]["trial_finished"] for r in after.values())
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
-    assert len([t for t in study.trials if t.state.is_finished()]) >= 6
+    assert len([t for t in study.trials if t.state.is_finished()]) >= 4
     assert "best validation MAE" in output
+
+
+TRAINED = ("epoch", "train_loss", "train_mae", "val_mae", "best_val_mae", "trial_finished")
+
+
+def nothing_trained_again(before: list[dict], after: list[dict]) -> bool:
+    """A trial's rows ``after`` the resume hold the epochs it had ``before`` with the same values, and each row added
+    since repeats one from the checkpoint's history (resumed_from_epoch >= its epoch): told again, not trained."""
+    had = {r["epoch"]: {k: r[k] for k in TRAINED} for r in before}
+    told = [r for r in after if r not in before]
+    return {r["epoch"] for r in after} == set(had) and all(
+        r["resumed_from_epoch"] >= r["epoch"] and {k: r[k] for k in TRAINED} == had[r["epoch"]] for r in told)
+
+
+def test_trials_that_ended_after_rays_last_snapshot_are_not_trained_again(tmp_path, cache_dir, prepared):
+    """Ray resumes a search from its own snapshot of the trials (every few seconds, copied behind the trials' files),
+    so trials that ended after it come back as pending or running. Here the snapshot is the one taken before any
+    trial reported, put back after the search ended: the resume must tell each trial's epochs again from its last
+    checkpoint, not train them again, and the study (saved at every tell) must keep its results as they were."""
+    space = write_space(tmp_path / "lag.yaml", cache_dir, num_samples=2, epochs=3)
+    fifo = yaml.safe_load(space.read_text())
+    fifo["scheduler"] = {"type": "fifo"}
+    space.write_text(yaml.safe_dump(fifo))
+    args, exp_dir = ["--space", str(space), "--storage", str(tmp_path / "results")], tmp_path / "results" / "lag"
+    driver, snapshot = run_search_cli(*args), {}
+    while driver.poll() is None:
+        files = {f.name: f.read_bytes() for pattern in ("experiment_state-*", "searcher-state-*", "search_gen_state-*")
+                 for f in exp_dir.glob(pattern)}
+        try:  # the first whole snapshot holding both trials before either reported (they take seconds to start)
+            trials = json.loads(next(v for k, v in files.items() if k.startswith("experiment_state")))["trial_data"]
+            if not snapshot and len(files) == 3 and len(trials) == 2 and not any(json.loads(t[1])["last_result"]
+                                                                                  for t in trials):
+                snapshot = files
+        except (StopIteration, ValueError):  # not written yet, or caught mid-write
+            pass
+        time.sleep(0.05)
+    assert driver.returncode == 0 and snapshot, driver.stdout.read()
+    study = optuna.load_study(study_name="lag", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
+    told = sorted((t.number, t.state, t.value) for t in study.trials)
+    before = trial_rows(exp_dir)
+    for name, content in snapshot.items():
+        (exp_dir / name).write_bytes(content)
+
+    resumed = run_search_cli(*args, "--resume")
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output[-3000:]
+    after = trial_rows(exp_dir)
+    assert after.keys() == before.keys() and len(after) == 2
+    for name, rows in before.items():
+        assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["trial_finished"] == 1
+        assert after[name] != rows and nothing_trained_again(rows, after[name])  # Ray ran it again, it trained nothing
+    study = optuna.load_study(study_name="lag", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
+    assert sorted((t.number, t.state, t.value) for t in study.trials) == told  # nothing told twice, nothing new
+    trials = read_trials(exp_dir)
+    assert [(t.status, [r["epoch"] for r in t.history]) for t in trials] == [(Status.COMPLETED, [1, 2, 3])] * 2
 
 
 def test_trials_that_cannot_train_end_with_their_reason_and_the_search_goes_on(tmp_path, cache_dir, prepared):

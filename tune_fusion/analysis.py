@@ -60,7 +60,7 @@ class TrialInfo:
 
     @property
     def epochs(self) -> int:
-        return int(self.history[-1].get("training_iteration", len(self.history))) if self.history else 0
+        return int(self.history[-1].get("epoch", 0)) if self.history else 0
 
     @property
     def best_val_mae(self) -> float | None:
@@ -109,14 +109,17 @@ def _trial_dirs(folder: Path) -> list[Path]:
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
+    """A trial's reported rows, one per epoch: a resumed trial can report an epoch again (an ended one replays its
+    last epoch; one that Ray's snapshot left behind retrains from its older checkpoint), and the last row holds."""
+    rows: dict[Any, dict[str, Any]] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:  # the line a running trial is writing
                 continue
-    return rows
+            rows[row.get("epoch")] = row
+    return list(rows.values())
 
 
 def _read_params(path: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -363,7 +366,7 @@ def _analyze_run_dir(folder: Path, out: Path, crystals: int, device: str, cache_
     ``monitor_text_scale.py``), its test result, and the diagnosis of its best checkpoint."""
     history = json.loads((folder / "history_train.json").read_text())
     validation = {row["epoch"]: row for row in json.loads((folder / "history_val.json").read_text())}
-    rows = [{**row, **validation.get(row["epoch"], {}), "training_iteration": row["epoch"]} for row in history]
+    rows = [{**row, **validation.get(row["epoch"], {})} for row in history]
     config = json.loads((folder / "config.json").read_text())
     target = config.get("target", "")
     run = TrialInfo(folder.name, folder, {}, rows, Status.COMPLETED, "", folder / "best_val_model.pt")

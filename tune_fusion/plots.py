@@ -70,7 +70,7 @@ def learning_curves(trials: Sequence[Any], target: str) -> Figure:
         if not rows:
             continue
         style, marker, colour = STATUS_STYLE[trial.status]
-        epochs = [r.get("training_iteration", i + 1) for i, r in enumerate(rows)]
+        epochs = [r["epoch"] for r in rows]
         values = _finite([r["val_mae"] for r in rows])
         ax.plot(epochs, values, linestyle=style, color=colour, alpha=0.8, lw=1.2)
         ax.plot(epochs[-1:], values[-1:], marker=marker, color=colour, linestyle="none")
@@ -144,8 +144,7 @@ def text_scale_curves(trials: Sequence[Any]) -> Figure | None:
             rows = [r for r in trial.history if key in r]
             values = [float(r[key]) for r in rows]
             if max(values) - min(values) > 1e-9:
-                curves.append((f"trial {trial.trial_id[:8]}, {key.split('/', 1)[1]}",
-                               [r.get("training_iteration", r.get("epoch", i + 1)) for i, r in enumerate(rows)],
+                curves.append((f"trial {trial.trial_id[:8]}, {key.split('/', 1)[1]}", [r["epoch"] for r in rows],
                                values))
     if not curves:
         return None

@@ -106,7 +106,22 @@ class FusionOptunaSearch(OptunaSearch):
         ask_new(self._ot_study, ask)
         return configs[-1]
 
+    # A resumed search gets this searcher back from Ray's snapshot, a few seconds older than the study (saved at each
+    # tell): a trial the snapshot holds open may be finished in the study already, with its result. Optuna refuses
+    # to update it (UpdateFinishedTrialError), and there is nothing to add.
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        try:
+            self._complete(trial_id, result, error)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)
+
+    def _complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         if error or not result or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]
@@ -187,7 +202,7 @@ class TrialLines(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
-        epochs = result.get("training_iteration", 0)
+        epochs = result.get("epoch", 0)
         best = with_unit(result.get("best_val_mae"), self.target)
         if not result.get(FINISHED):
             how = f"stopped early by the scheduler after {epochs} epoch(s)"

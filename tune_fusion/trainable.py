@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
@@ -20,7 +21,7 @@ from tune_fusion.data import load
 from tune_fusion.data.publish import fetch
 from tune_fusion.errors import TuneFusionError
 from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, StopReason
-from tune_fusion.train import Run, fit
+from tune_fusion.train import fit
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,25 @@ def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
     """The plain-data checkpoint inside a Tune checkpoint directory."""
     with checkpoint.as_directory() as folder:
         return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def newest_checkpoint() -> dict[str, Any] | None:
+    """This trial's newest whole checkpoint on storage (None before its first epoch).
+
+    A resumed search starts from Ray's own snapshot of its trials, which Ray takes every 2 checkpoints or 10 s and
+    copies to storage behind the trials' own files: after a killed driver a trial can come back holding an older
+    checkpoint than the one it wrote last, or none, and even as running when it had ended."""
+    storage = tune.get_context().get_storage()
+    found = storage.storage_filesystem.get_file_info(pyarrow.fs.FileSelector(storage.trial_fs_path,
+                                                                               allow_not_found=True))
+    folders = sorted((f.path for f in found if f.type == pyarrow.fs.FileType.Directory
+                      and f.base_name.startswith("checkpoint_")), reverse=True)
+    for folder in folders:
+        try:
+            return load_trial_checkpoint(tune.Checkpoint(folder, filesystem=storage.storage_filesystem))
+        except (OSError, RuntimeError, EOFError):  # a write the kill cut short: the one before is whole
+            continue
+    return None
 
 
 def _use_trial_resources() -> torch.device:
@@ -54,17 +74,20 @@ def train_trial(params: dict[str, Any], cache_name: str, published: str | None, 
     else:
         path, cost = Path(cfg.data.cache_dir).expanduser().resolve() / cache_name, {}
     data = load(path)
-    previous = tune.get_checkpoint()
-    resume = load_trial_checkpoint(previous) if previous else None
+    given = tune.get_checkpoint()
+    resume = newest_checkpoint()
     placement = {"node_id": ray.get_runtime_context().get_node_id(),  # where this attempt runs (after a restart too)
                  "device": str(device), "resumed_from_epoch": resume["epoch"] if resume else 0, **cost}
 
-    def report(metrics: dict[str, Any], run: Run) -> None:
-        finished = bool(run.stop_reason) or run.epoch >= cfg.train.epochs
+    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        finished = bool(metrics["stop_reason"]) or metrics["epoch"] >= cfg.train.epochs
         value = metrics[METRIC] if math.isfinite(metrics[METRIC]) else math.inf
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(run.checkpoint(), Path(folder) / CHECKPOINT_FILE)
+            torch.save(state, Path(folder) / CHECKPOINT_FILE)
             tune.report({**metrics, **placement, METRIC: value, FINISHED: int(finished)},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
-    fit(cfg, data, on_epoch=report, checkpoint=resume, device=device)
+    if resume is not None:  # the epochs Ray's snapshot lacks are told again from the checkpoint's history, not
+        for metrics in resume["history"][load_trial_checkpoint(given)["epoch"] if given else 0:]:  # trained again
+            report(metrics, resume)  # (one checkpoint each, so Ray's numbering of them stays the epochs')
+    fit(cfg, data, on_epoch=lambda metrics, run: report(metrics, run.checkpoint()), checkpoint=resume, device=device)
