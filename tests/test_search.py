@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, trial_rows, write_space
+from tune_fusion import plots
 from tune_fusion.analysis import read_trials
 from tune_fusion.names import STUDY_FILE, Status
 from tune_fusion.search import run_search
@@ -238,3 +239,6 @@ def test_trials_that_cannot_train_end_with_their_reason_and_the_search_goes_on(t
     study = optuna.load_study(study_name="faulty", storage=f"sqlite:///{outcome.experiment_dir}/{STUDY_FILE}")
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # the config error failed; the exploded trial has a value
+    trials = read_trials(Path(outcome.experiment_dir))  # the analysis draws the two that trained, and only them
+    drawn = {t.get_text() for t in plots.learning_curves(trials, "formation_energy_peratom").axes[0].texts}
+    assert drawn == {t.trial_id[:8] for t in trials if t.status != Status.CONFIG_ERROR} and len(drawn) == 2

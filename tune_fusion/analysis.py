@@ -109,8 +109,8 @@ def _trial_dirs(folder: Path) -> list[Path]:
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """A trial's reported rows, one per epoch: a resumed trial can report an epoch again (an ended one replays its
-    last epoch; one that Ray's snapshot left behind retrains from its older checkpoint), and the last row holds."""
+    """A trial's reported rows, one per epoch: a resumed trial reports again, from its checkpoint, the epochs Ray's
+    snapshot lacked (``tune_fusion.trainable``); the last row of an epoch holds."""
     rows: dict[Any, dict[str, Any]] = {}
     if path.is_file():
         for line in path.read_text().splitlines():

@@ -66,7 +66,7 @@ def learning_curves(trials: Sequence[Any], target: str) -> Figure:
     style and end marker say how the trial ended."""
     fig, (ax,) = _figure(width=8.0, height=4.8)
     for trial in trials:
-        rows = [r for r in trial.history if "val_mae" in r]
+        rows = [r for r in trial.history if "val_mae" in r and "epoch" in r]  # not a trial that could not start
         if not rows:
             continue
         style, marker, colour = STATUS_STYLE[trial.status]

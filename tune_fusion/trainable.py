@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs
 import ray
@@ -23,6 +24,9 @@ from tune_fusion.errors import TuneFusionError
 from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, StopReason
 from tune_fusion.train import fit
 
+if TYPE_CHECKING:
+    from ray.train._internal.storage import StorageContext
+
 log = logging.getLogger(__name__)
 
 
@@ -32,13 +36,12 @@ def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
         return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def newest_checkpoint() -> dict[str, Any] | None:
+def newest_checkpoint(storage: StorageContext) -> dict[str, Any] | None:
     """This trial's newest whole checkpoint on storage (None before its first epoch).
 
     A resumed search starts from Ray's own snapshot of its trials, which Ray takes every 2 checkpoints or 10 s and
     copies to storage behind the trials' own files: after a killed driver a trial can come back holding an older
     checkpoint than the one it wrote last, or none, and even as running when it had ended."""
-    storage = tune.get_context().get_storage()
     found = storage.storage_filesystem.get_file_info(pyarrow.fs.FileSelector(storage.trial_fs_path,
                                                                                allow_not_found=True))
     folders = sorted((f.path for f in found if f.type == pyarrow.fs.FileType.Directory
@@ -46,8 +49,8 @@ def newest_checkpoint() -> dict[str, Any] | None:
     for folder in folders:
         try:
             return load_trial_checkpoint(tune.Checkpoint(folder, filesystem=storage.storage_filesystem))
-        except (OSError, RuntimeError, EOFError):  # a write the kill cut short: the one before is whole
-            continue
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):  # a write cut short by a kill:
+            continue  # the one before is whole
     return None
 
 
@@ -74,8 +77,8 @@ def train_trial(params: dict[str, Any], cache_name: str, published: str | None, 
     else:
         path, cost = Path(cfg.data.cache_dir).expanduser().resolve() / cache_name, {}
     data = load(path)
-    given = tune.get_checkpoint()
-    resume = newest_checkpoint()
+    storage = tune.get_context().get_storage()  # the trial's folder, and Ray's count of its checkpoints
+    resume = newest_checkpoint(storage)
     placement = {"node_id": ray.get_runtime_context().get_node_id(),  # where this attempt runs (after a restart too)
                  "device": str(device), "resumed_from_epoch": resume["epoch"] if resume else 0, **cost}
 
@@ -87,7 +90,8 @@ def train_trial(params: dict[str, Any], cache_name: str, published: str | None, 
             tune.report({**metrics, **placement, METRIC: value, FINISHED: int(finished)},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
-    if resume is not None:  # the epochs Ray's snapshot lacks are told again from the checkpoint's history, not
-        for metrics in resume["history"][load_trial_checkpoint(given)["epoch"] if given else 0:]:  # trained again
-            report(metrics, resume)  # (one checkpoint each, so Ray's numbering of them stays the epochs')
+    # Ray's snapshot counts one checkpoint per epoch reported: the epochs it lacks are told again from the newest
+    # checkpoint's history, not trained again (one checkpoint each, so that Ray's count stays the epochs')
+    for metrics in resume["history"][storage.current_checkpoint_index + 1:] if resume else []:
+        report(metrics, resume)
     fit(cfg, data, on_epoch=lambda metrics, run: report(metrics, run.checkpoint()), checkpoint=resume, device=device)
