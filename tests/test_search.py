@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -182,29 +183,36 @@ def test_trials_that_ended_after_rays_last_snapshot_are_not_trained_again(tmp_pa
     fifo = yaml.safe_load(space.read_text())
     fifo["scheduler"] = {"type": "fifo"}
     space.write_text(yaml.safe_dump(fifo))
-    args, exp_dir = ["--space", str(space), "--storage", str(tmp_path / "results")], tmp_path / "results" / "lag"
-    driver, snapshot = run_search_cli(*args), {}
-    while driver.poll() is None:
-        files = {f.name: f.read_bytes() for pattern in ("experiment_state-*", "searcher-state-*", "search_gen_state-*")
-                 for f in exp_dir.glob(pattern)}
-        try:  # the first whole snapshot holding both trials before either reported (they take seconds to start)
-            trials = json.loads(next(v for k, v in files.items() if k.startswith("experiment_state")))["trial_data"]
-            if not snapshot and len(files) == 3 and len(trials) == 2 and not any(json.loads(t[1])["last_result"]
-                                                                                  for t in trials):
-                snapshot = files
-        except (StopIteration, ValueError):  # not written yet, or caught mid-write
-            pass
-        time.sleep(0.05)
-    assert driver.returncode == 0 and snapshot, driver.stdout.read()
+    spec, exp_dir, snapshot, searching = load_spec(space), tmp_path / "results" / "lag", {}, threading.Event()
+
+    def take_snapshot() -> None:  # the first whole one holding both trials before either reported (they take seconds
+        while searching.is_set() and not snapshot:  # to start)
+            files = {f.name: f.read_bytes() for pattern in ("experiment_state-*", "searcher-state-*",
+                                                            "search_gen_state-*") for f in exp_dir.glob(pattern)}
+            try:
+                trials = json.loads(next(v for k, v in files.items() if k.startswith("experiment_state")))["trial_data"]
+                if len(files) == 3 and len(trials) == 2 and not any(json.loads(t[1])["last_result"] for t in trials):
+                    snapshot.update(files)
+            except (StopIteration, ValueError):  # not written yet, or caught mid-write
+                pass
+            time.sleep(0.05)
+
+    searching.set()
+    watcher = threading.Thread(target=take_snapshot)
+    watcher.start()
+    try:
+        run_search(spec, storage=str(tmp_path / "results"), verbose=False)
+    finally:
+        searching.clear()
+        watcher.join()
+    assert snapshot
     study = optuna.load_study(study_name="lag", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
     told = sorted((t.number, t.state, t.value) for t in study.trials)
     before = trial_rows(exp_dir)
     for name, content in snapshot.items():
         (exp_dir / name).write_bytes(content)
 
-    resumed = run_search_cli(*args, "--resume")
-    output = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0, output[-3000:]
+    run_search(spec, storage=str(tmp_path / "results"), resume=True, verbose=False)
     after = trial_rows(exp_dir)
     assert after.keys() == before.keys() and len(after) == 2
     for name, rows in before.items():
