@@ -176,22 +176,24 @@ def nothing_trained_again(before: list[dict], after: list[dict]) -> bool:
 
 def test_trials_that_ended_after_rays_last_snapshot_are_not_trained_again(tmp_path, cache_dir, prepared):
     """Ray resumes a search from its own snapshot of the trials (every few seconds, copied behind the trials' files),
-    so trials that ended after it come back as pending or running. Here the snapshot is the one taken before any
-    trial reported, put back after the search ended: the resume must tell each trial's epochs again from its last
-    checkpoint, not train them again, and the study (saved at every tell) must keep its results as they were."""
+    so trials that ended after it come back as pending or running. Here the first snapshot in which both trials
+    exist (in practice, before either reported) is put back after the search ended: the resume must tell each trial's
+    epochs again from its last checkpoint, not train them again, and the study (saved at every tell) must keep its
+    results as they were."""
     space = write_space(tmp_path / "lag.yaml", cache_dir, num_samples=2, epochs=3)
     fifo = yaml.safe_load(space.read_text())
     fifo["scheduler"] = {"type": "fifo"}
     space.write_text(yaml.safe_dump(fifo))
     spec, exp_dir, snapshot, searching = load_spec(space), tmp_path / "results" / "lag", {}, threading.Event()
 
-    def take_snapshot() -> None:  # the first whole one holding both trials before either reported (they take seconds
-        while searching.is_set() and not snapshot:  # to start)
+    def take_snapshot() -> None:  # the first whole one holding both trials before either ended (it is taken before
+        while searching.is_set() and not snapshot:  # either reports, as trials take seconds to start)
             files = {f.name: f.read_bytes() for pattern in ("experiment_state-*", "searcher-state-*",
                                                             "search_gen_state-*") for f in exp_dir.glob(pattern)}
             try:
                 trials = json.loads(next(v for k, v in files.items() if k.startswith("experiment_state")))["trial_data"]
-                if len(files) == 3 and len(trials) == 2 and not any(json.loads(t[1])["last_result"] for t in trials):
+                if len(files) == 3 and len(trials) == 2 and not any(
+                        json.loads(t[1])["last_result"].get("trial_finished") for t in trials):
                     snapshot.update(files)
             except (StopIteration, ValueError):  # not written yet, or caught mid-write
                 pass
