@@ -285,6 +285,43 @@ def test_an_epoch_reported_again_by_a_resumed_trial_counts_once(tmp_path):
     assert (trial.status, trial.epochs, trial.history[-1]["resumed_from_epoch"]) == ("completed", 3, 3)
 
 
+def test_confirmation_retrains_the_best_and_the_best_graph_only_beside_fused_ones():
+    def trial(name, mae, graph_only=None):
+        params = {} if graph_only is None else {"graph_only": graph_only}
+        return analysis.TrialInfo(name, Path(name), params, [{"epoch": 1, METRIC: mae}], analysis.Status.COMPLETED, "",
+                                  Path(name) / "checkpoint.pt")
+
+    fused, fused_2, graph = trial("f1", 0.1, False), trial("f2", 0.2, False), trial("g1", 0.3, True)
+    usable = analysis.usable_trials([graph, fused_2, fused, trial("no_value", math.nan)])
+    assert usable == [fused, fused_2, graph]
+    assert analysis.to_confirm(usable, 1, default_graph_only=False) == [fused, graph]  # the baseline beside it
+    assert analysis.to_confirm(usable, 3, default_graph_only=False) == [fused, fused_2, graph]
+    best_graph = trial("g0", 0.05, True)
+    assert analysis.to_confirm([best_graph, fused], 1, default_graph_only=False) == [best_graph]  # nothing to add
+    same_kind = [trial("a", 0.1), trial("b", 0.2)]  # graph_only fixed by the search: one kind only
+    assert analysis.to_confirm(same_kind, 1, default_graph_only=True) == same_kind[:1]
+
+
+def test_confirm_retrains_the_best_trial_with_several_seeds(experiment, tmp_path):
+    from tune_fusion.search import confirm
+
+    copy = tmp_path / experiment.name  # beside a copy: the shared experiment keeps no -confirm sibling
+    shutil.copytree(experiment, copy)
+    best = analysis.best_trial(analysis.read_trials(copy), copy)
+    folder = confirm(copy, top_k=1, seeds=2, verbose=False)
+    retrained = analysis.read_trials(Path(folder), stale_after_s=0)
+    config = load_checkpoint(best.checkpoint)["config"]
+    assert sorted(t.params["job"]["config"]["random_seed"] for t in retrained) == [0, 1]
+    assert all(t.params["job"] == {"config": {**config, "random_seed": t.params["job"]["config"]["random_seed"]},
+                                   "confirms": best.trial_id} for t in retrained)
+    summary = analysis.read_confirmation(copy)
+    (row,) = summary["rows"]
+    maes = [t.best_val_mae for t in retrained]
+    assert (summary["best"], row["seeds"]) == (best.trial_id, 2) and "fused_vs_graph" not in summary
+    assert row["mean_val_mae"] == pytest.approx(np.mean(maes)) and row["std_val_mae"] == pytest.approx(
+        np.std(maes, ddof=1))
+
+
 def cli(argv: list[str], capsys) -> str:
     spec = importlib.util.spec_from_file_location("analyze_trials", REPO / "analyze_trials.py")
     module = importlib.util.module_from_spec(spec)

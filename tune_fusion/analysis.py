@@ -214,14 +214,20 @@ def table_rows(trials: list[TrialInfo]) -> list[dict[str, Any]]:
             for t in trials]
 
 
+def usable_trials(trials: list[TrialInfo]) -> list[TrialInfo]:
+    """The trials with a validation MAE and a checkpoint, best (lowest validation MAE) first."""
+    return sorted((t for t in trials if t.best_val_mae is not None and t.checkpoint is not None),
+                  key=lambda t: t.best_val_mae)
+
+
 def best_trial(trials: list[TrialInfo], folder: Path) -> TrialInfo:
     """The trial with the lowest validation MAE that has a checkpoint (validation only: test plays no part)."""
-    usable = [t for t in trials if t.best_val_mae is not None and t.checkpoint is not None]
+    usable = usable_trials(trials)
     if not usable:
         raise DataError(f"experiment {folder} has no trial with a validation MAE and a checkpoint yet "
                         f"({len(trials)} trials: {status_counts(trials)}); wait for a first epoch, or read "
                         "trial_*/error.txt")
-    return min(usable, key=lambda t: t.best_val_mae)
+    return usable[0]
 
 
 def parameter_importance(folder: Path, experiment: str | None = None) -> tuple[dict[str, float], str]:
@@ -352,12 +358,12 @@ def analyze_checkpoint(path: str | Path, out: Path, crystals: int = 0, device: s
 
 
 def write_ablation(found: dict[str, dict[str, Any]], out: Path, target: str) -> dict[str, Any]:
-    """``text_ablation.csv`` and its bar chart for the labelled ablations (one per model)."""
+    """``text_ablation.csv`` and its bar chart for the labelled ablations (one per model); ``rows`` is that table."""
     rows = [{"model": label, **row} for label, ablation in found.items() for row in ablation["rows"]]
     write_csv(rows, out / "text_ablation.csv")
     figure = plots.text_ablation_bars(rows, target, "What the text is worth (validation crystals)")
     name = plots.save(figure, out / "text_ablation.png", vector=True).name
-    return {"models": found, "csv": "text_ablation.csv", "figure": name}
+    return {"models": found, "rows": rows, "csv": "text_ablation.csv", "figure": name}
 
 
 def _analyze_run_dir(folder: Path, out: Path, crystals: int, device: str, cache_dir: str | None,
@@ -398,6 +404,25 @@ def read_space(folder: Path) -> dict[str, Any]:
 def is_graph_only(trial: TrialInfo, default: bool) -> bool:
     """Whether the trial trained the graph-only baseline (searched, or the search's fixed setting ``default``)."""
     return bool(trial.params.get("graph_only", default))
+
+
+def best_of_each_kind(usable: list[TrialInfo], default_graph_only: bool) -> dict[bool, TrialInfo]:
+    """The best fused (key False) and the best graph-only (key True) trial of ``usable`` (best first), where each
+    kind ran."""
+    best: dict[bool, TrialInfo] = {}
+    for trial in usable:
+        best.setdefault(is_graph_only(trial, default_graph_only), trial)
+    return best
+
+
+def to_confirm(usable: list[TrialInfo], top_k: int, default_graph_only: bool) -> list[TrialInfo]:
+    """What ``analyze_trials.py --confirm K`` retrains: the ``top_k`` best of ``usable`` (best first), and the best
+    graph-only trial beside them when they are fused and the search ran both kinds (the baseline to compare with)."""
+    chosen = usable[:top_k]
+    graph = best_of_each_kind(usable, default_graph_only).get(True)
+    if graph is not None and graph not in chosen and any(not is_graph_only(t, default_graph_only) for t in chosen):
+        chosen.append(graph)
+    return chosen
 
 
 def _analyze_experiment(folder: Path, experiment: str, out: Path, top_k: int, diagnose: int, crystals: int,
@@ -460,13 +485,10 @@ def _ablations(trials: list[TrialInfo], trained: TrainedModel, base_graph_only: 
                device: str, cache_dir: str | None, permutations: int) -> dict[str, Any]:
     """The text ablation of the best trial, and, where the search ran both kinds, of the best fused and the best
     graph-only trial side by side."""
-    usable = [t for t in trials if t.best_val_mae is not None and t.checkpoint is not None]
-    chosen = {}
-    for graph_only, label in ((False, "best fused"), (True, "best graph-only")):
-        found = min((t for t in usable if is_graph_only(t, base_graph_only) == graph_only),
-                    key=lambda t: t.best_val_mae, default=None)
-        if found is not None:
-            chosen[f"{label} ({found.trial_id})"] = found
+    best = best_of_each_kind(usable_trials(trials), base_graph_only)
+    chosen = {f"{label} ({best[kind].trial_id})": best[kind] for kind, label in ((False, "best fused"),
+                                                                                  (True, "best graph-only"))
+              if kind in best}
     models = {}
     for label, trial in chosen.items():
         model = open_model(load_checkpoint(trial.checkpoint), trial.checkpoint, device, cache_dir, trained.data)

@@ -74,10 +74,9 @@ def _ablation_section(ablation: dict[str, Any], confirmation: dict[str, Any] | N
     for label, found in ablation["models"].items():
         lines += [f"- **{label}**: {found['verdict']} ({found['crystals']} validation crystals, "
                   f"{found['permutations']} shuffles)"]
-    rows = [{"model": label, **row} for label, found in ablation["models"].items() for row in found["rows"]]
     lines += ["", "own = each crystal's description; shuffled = another validation crystal's (mean ± std over the "
               "shuffles); none = the training crystals' mean text vector; delta_vs_own ± ci95 in "
-              f"{unit(target) or 'target units'}. Table: `{ablation['csv']}`.", "", format_table(rows), "",
+              f"{unit(target) or 'target units'}. Table: `{ablation['csv']}`.", "", format_table(ablation["rows"]), "",
               f"![text ablation]({ablation['figure']})", ""]
     return lines
 

@@ -435,20 +435,15 @@ def confirm(experiment: str | Path, top_k: int = 3, seeds: int = 3, address: str
     """Retrain the ``top_k`` best configurations of a finished search (and its best graph-only one, where it ran
     both kinds) with ``seeds`` training seeds each, as Ray trials on the same cluster, into ``<experiment>-confirm``
     beside it; returns that folder. ``tune_fusion.analysis.read_confirmation`` summarises it."""
-    from tune_fusion.analysis import CONFIRM_SUFFIX, is_graph_only, read_space, read_trials
+    from tune_fusion.analysis import CONFIRM_SUFFIX, read_space, read_trials, to_confirm, usable_trials
     from tune_fusion.export import load_checkpoint
 
     folder = Path(experiment).expanduser().resolve()
-    usable = sorted((t for t in read_trials(folder, stale_after_s=0)
-                     if t.best_val_mae is not None and t.checkpoint is not None), key=lambda t: t.best_val_mae)
+    usable = usable_trials(read_trials(folder, stale_after_s=0))
     if not usable:
         raise ConfigError(f"{folder} has no trial with a checkpoint to confirm; let the search finish first")
     configs = {t.trial_id: load_checkpoint(t.checkpoint)["config"] for t in usable}
-    base_graph_only = bool(configs[usable[0].trial_id]["graph_only"])
-    chosen = usable[:top_k]
-    graph = next((t for t in usable if is_graph_only(t, base_graph_only)), None)
-    if graph is not None and graph not in chosen and any(not is_graph_only(t, base_graph_only) for t in chosen):
-        chosen.append(graph)
+    chosen = to_confirm(usable, top_k, default_graph_only=bool(configs[usable[0].trial_id]["graph_only"]))
     jobs = [{"config": {**configs[t.trial_id], "random_seed": seed}, "confirms": t.trial_id}
             for t in chosen for seed in range(seeds)]
     space = read_space(folder)
