@@ -124,10 +124,10 @@ class Cluster:
     def wait_for(self, name: str, timeout: float = 90.0) -> str:
         """Wait until worker ``name`` has joined; returns its node id."""
         deadline = time.time() + timeout
-        while name not in self.node_names(alive_only=True).values():
+        while (node := next((n for n, found in self.node_names(alive_only=True).items() if found == name), None)) is None:
             assert time.time() < deadline, f"{name} did not join"
             time.sleep(1.0)
-        return next(node for node, found in self.node_names(alive_only=True).items() if found == name)
+        return node
 
     def search(self, space: Path, name: str, **popen) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "run_search.py", "--space", str(space), "--address", self.address,
