@@ -161,9 +161,9 @@ def cluster(tmp_path_factory):
         found.stop()
 
 
-def cluster_space(cluster: Cluster, epochs: int) -> Path:
+def cluster_space(cluster: Cluster, epochs: int, trials: int) -> Path:
     """A tiny search whose cache_dir is the head's (hidden on the workers); the driver prepares it."""
-    path = write_space(cluster.root / f"space_{epochs}.yaml", cluster.cache, num_samples=4, epochs=epochs,
+    path = write_space(cluster.root / f"space_{epochs}.yaml", cluster.cache, num_samples=trials, epochs=epochs,
                        batch_size=4)
     raw = yaml.safe_load(path.read_text())
     raw["max_concurrent"] = 2
@@ -175,20 +175,20 @@ def cluster_space(cluster: Cluster, epochs: int) -> Path:
 
 @pytest.fixture(scope="module")
 def space(cluster) -> Path:
-    return cluster_space(cluster, epochs=3)
+    return cluster_space(cluster, epochs=3, trials=4)
 
 
 @pytest.fixture(scope="module")
 def long_space(cluster) -> Path:
-    """Trials long enough (10 epochs) to be cut mid-way by a dying node."""
-    return cluster_space(cluster, epochs=10)
+    """Trials long enough (10 epochs) to be cut mid-way by a dying node; one per worker."""
+    return cluster_space(cluster, epochs=10, trials=2)
 
 
-def finished(cluster: Cluster, name: str, driver: subprocess.Popen, timeout: float = 400) -> dict[str, list[dict]]:
-    output, _ = driver.communicate(timeout=timeout)
+def finished(cluster: Cluster, name: str, driver: subprocess.Popen, trials: int) -> dict[str, list[dict]]:
+    output, _ = driver.communicate(timeout=400)
     assert driver.returncode == 0, output[-4000:]
     rows = trial_rows(cluster.storage / name)
-    assert len(rows) == 4 and all(r[-1]["trial_finished"] for r in rows.values()), output[-4000:]
+    assert len(rows) == trials and all(r[-1]["trial_finished"] for r in rows.values()), output[-4000:]
     return rows
 
 
@@ -208,7 +208,7 @@ def fetches_per_node(rows: dict[str, list[dict]], nodes: dict[str, str]) -> dict
 def test_workers_with_token_auth_run_every_trial_and_fetch_the_cache_once_per_node(cluster, space):
     cluster.add_worker("worker_a")
     cluster.add_worker("worker_b")
-    rows = finished(cluster, "up_front", cluster.search(space, "up_front"))
+    rows = finished(cluster, "up_front", cluster.search(space, "up_front"), trials=4)
     nodes = cluster.node_names()
     fetched = fetches_per_node(rows, nodes)
     assert set(fetched) <= {"worker_a", "worker_b"} and fetched  # every trial ran on a worker
@@ -240,7 +240,7 @@ def test_workers_that_join_later_and_a_worker_killed_mid_search(cluster, long_sp
         time.sleep(0.2)
     assert killed, "no trial was seen running early enough to be cut"
     survivor = ({"worker_c", "worker_d"} - {victim}).pop()
-    rows = finished(cluster, "late_join", driver)
+    rows = finished(cluster, "late_join", driver, trials=2)
     moved = [joined[r["node_id"]] for r in rows[f"trial_{killed}"]]
     assert moved[0] == victim and moved[-1] == survivor  # resumed on the surviving node from its checkpoint
     assert rows[f"trial_{killed}"][-1]["resumed_from_epoch"] > 0

@@ -49,7 +49,7 @@ def test_no_weight_decay_on_biases_norms_and_scales(prepared, cache_dir):
 
 
 def test_few_epochs_beat_the_mean_predictor(cache_dir):
-    cfg = tiny_config(cache_dir, max_structures=240, epochs=12, graph_only=True, learning_rate=3e-3, batch_size=32,
+    cfg = tiny_config(cache_dir, max_structures=160, epochs=12, graph_only=True, learning_rate=3e-3, batch_size=32,
                       hidden_features=32)
     data, _ = prepare(cfg.data)
     run = fit(cfg, data)
