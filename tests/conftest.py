@@ -54,7 +54,9 @@ TINY = ("cache_dir", "max_structures", "alignn_layers", "gcn_layers", "hidden_fe
         "cross_modal_hidden_dim", "batch_size", "early_stopping_patience")
 
 
-def write_space(path: Path, cache_dir: Path, num_samples: int = 6, epochs: int = 3, **fixed) -> Path:
+def write_space(path: Path, cache_dir: Path, num_samples: int = 6, epochs: int = 3, fifo: bool = False,
+                **fixed) -> Path:
+    """The tiny search space (Optuna + ASHA; ``fifo``: every trial runs all its epochs) with ``fixed`` options."""
     base = tiny_config(cache_dir).to_dict()
     space = {
         "dataset": {"path": base["dataset"], "target": "formation_energy_peratom"},
@@ -66,7 +68,8 @@ def write_space(path: Path, cache_dir: Path, num_samples: int = 6, epochs: int =
             "use_cross_modal": {"type": "choice", "values": [True, False]},
             "cross_modal_num_heads": {"type": "choice", "values": [1, 2], "when": {"use_cross_modal": True}},
         },
-        "scheduler": {"type": "asha", "max_t": epochs, "grace_period": 1, "reduction_factor": 2},
+        "scheduler": {"type": "fifo"} if fifo else {"type": "asha", "max_t": epochs, "grace_period": 1,
+                                                     "reduction_factor": 2},
         "searcher": {"type": "optuna", "sampler": "tpe", "seed": 0},
         "resources": {"cpu": 1, "gpu": 0},
         "num_samples": num_samples,

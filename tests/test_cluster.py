@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.conftest import REPO, tiny_config, trial_rows, write_space
 
@@ -164,11 +163,7 @@ def cluster(tmp_path_factory):
 def cluster_space(cluster: Cluster, epochs: int, trials: int) -> Path:
     """A tiny search whose cache_dir is the head's (hidden on the workers); the driver prepares it."""
     path = write_space(cluster.root / f"space_{epochs}.yaml", cluster.cache, num_samples=trials, epochs=epochs,
-                       batch_size=4)
-    raw = yaml.safe_load(path.read_text())
-    raw["max_concurrent"] = 2
-    raw["scheduler"] = {"type": "fifo"}  # every trial runs all its epochs
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+                       fifo=True, batch_size=4)  # every trial runs all its epochs
     assert tiny_config(cluster.cache).data.cache_dir == str(cluster.cache)
     return path
 

@@ -128,16 +128,14 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def run_search_cli(*args: str, **env: str) -> subprocess.Popen:
+def run_search_cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "run_search.py", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, env={**os.environ, **env})
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def test_resume_after_the_driver_is_killed(tmp_path, cache_dir, prepared):
-    space = write_space(tmp_path / "resume.yaml", cache_dir, num_samples=4, epochs=3)
-    fifo = yaml.safe_load(space.read_text())
-    fifo["scheduler"] = {"type": "fifo"}  # every trial runs to its end: the kill always lands mid-search
-    space.write_text(yaml.safe_dump(fifo))
+    # FIFO: every trial runs to its end, so the kill always lands mid-search
+    space = write_space(tmp_path / "resume.yaml", cache_dir, num_samples=4, epochs=3, fifo=True)
     storage, exp_dir = tmp_path / "results", tmp_path / "results" / "resume"
     args = ["--space", str(space), "--storage", str(storage)]
     driver = run_search_cli(*args)
@@ -180,10 +178,7 @@ def test_trials_that_ended_after_rays_last_snapshot_are_not_trained_again(tmp_pa
     exist (in practice, before either reported) is put back after the search ended: the resume must tell each trial's
     epochs again from its last checkpoint, not train them again, and the study (saved at every tell) must keep its
     results as they were."""
-    space = write_space(tmp_path / "lag.yaml", cache_dir, num_samples=2, epochs=3)
-    fifo = yaml.safe_load(space.read_text())
-    fifo["scheduler"] = {"type": "fifo"}
-    space.write_text(yaml.safe_dump(fifo))
+    space = write_space(tmp_path / "lag.yaml", cache_dir, num_samples=2, epochs=3, fifo=True)
     spec, exp_dir, snapshot, searching = load_spec(space), tmp_path / "results" / "lag", {}, threading.Event()
 
     def take_snapshot() -> None:  # the first whole one holding both trials before either ended (it is taken before
@@ -227,14 +222,13 @@ def test_trials_that_ended_after_rays_last_snapshot_are_not_trained_again(tmp_pa
 
 
 def test_trials_that_cannot_train_end_with_their_reason_and_the_search_goes_on(tmp_path, cache_dir, prepared):
-    path = write_space(tmp_path / "faulty.yaml", cache_dir, num_samples=3, epochs=2, use_middle_fusion=True,
+    path = write_space(tmp_path / "faulty.yaml", cache_dir, num_samples=3, epochs=2, fifo=True, use_middle_fusion=True,
                        middle_fusion_layers="1", use_cross_modal=True, max_text_scale=2.0)
     space = yaml.safe_load(path.read_text())
     del space["fixed"]["cross_modal_hidden_dim"]
     space["search"] = {"cross_modal_num_heads": {"type": "choice", "values": [2, 3]},
                        "cross_modal_hidden_dim": {"type": "choice", "values": [6, 8]},
                        "middle_fusion_initial_scale": {"type": "choice", "values": [0.5, 4.0]}}
-    space["scheduler"] = {"type": "fifo"}
     space["searcher"]["points_to_evaluate"] = [  # one of each: 3 heads cannot split 8 dims, an exploding scale, fine
         {"cross_modal_num_heads": 3, "cross_modal_hidden_dim": 8, "middle_fusion_initial_scale": 0.5},
         {"cross_modal_num_heads": 2, "cross_modal_hidden_dim": 8, "middle_fusion_initial_scale": 4.0},
