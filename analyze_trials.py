@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.confirm:
+        from tune_fusion.confirm import confirm
         from tune_fusion.errors import ConfigError
-        from tune_fusion.search import confirm
 
         if args.experiment is None or args.confirm < 1 or args.seeds < 2:
             raise ConfigError("--confirm K needs an experiment folder, K >= 1 and --seeds N >= 2")

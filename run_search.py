@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
 def print_summary(outcome, seconds: float) -> None:
     """How the trials ended, the best one with its unit beside the mean predictor's, and what to run next."""
     from tune_fusion.analysis import read_trials, status_counts
-    from tune_fusion.search import best_checkpoint_path, format_value
+    from tune_fusion.console import format_value
+    from tune_fusion.search import best_checkpoint_path
     from tune_fusion.units import with_unit
 
     trials = read_trials(Path(outcome.experiment_dir), stale_after_s=0)

@@ -8,7 +8,7 @@ validation MAE any of them found, on the same space with the same budget, over s
 Many seeds of real searches do not fit a 2-core machine, so, as tabular HPO benchmarks do, ``record`` trains every
 configuration of a discrete version of the quickstart space (``BENCH_SEARCH``) to its last epoch once, keeping each
 epoch's validation MAE and seconds, for the target and for a second target (the warm-start source). ``replay`` then
-runs the searches over that table with the real samplers (``tune_fusion.search.make_sampler``: Optuna TPE with the
+runs the searches over that table with the real samplers (``tune_fusion.searcher.make_sampler``: Optuna TPE with the
 project's settings, or random) and Ray's asynchronous successive halving rule (a trial stops at a rung when its
 validation MAE is worse than the best 1/reduction_factor of those recorded there before it), with the same number
 of trials running at once as the real search. Arms: random + FIFO (every trial runs all its epochs), random + ASHA,
@@ -90,11 +90,9 @@ def configurations(spec) -> list[dict[str, Any]]:
 
 def record(target: str, args: argparse.Namespace) -> Path:
     """Train every configuration to its last epoch once (FIFO, ``--concurrency`` at once); returns the table."""
-    from ray import tune
-
     from tune_fusion.cluster import connect
+    from tune_fusion.confirm import run_configurations
     from tune_fusion.data import prepare
-    from tune_fusion.search import make_trainable, trial_name
     from tune_fusion.space import parse_spec
 
     spec = parse_spec(bench_space(target, args.max_structures, args.epochs, 1, args.concurrency), "bench.yaml")
@@ -103,13 +101,8 @@ def record(target: str, args: argparse.Namespace) -> Path:
     with tempfile.TemporaryDirectory() as storage:
         connect(verbose=False)
         data, _ = prepare(spec.base.data)
-        trainable = make_trainable(data.path.name, None, {}, {"cpu": 1, "gpu": 0})
-        tuner = tune.Tuner(trainable, param_space={"job": tune.grid_search(jobs)},
-                           tune_config=tune.TuneConfig(max_concurrent_trials=args.concurrency, reuse_actors=True,
-                                                       trial_name_creator=trial_name,
-                                                       trial_dirname_creator=trial_name),
-                           run_config=tune.RunConfig(name="record", storage_path=storage, verbose=0))
-        results = tuner.fit()
+        results = run_configurations(jobs, data.path.name, None, {"cpu": 1, "gpu": 0}, args.concurrency, "record",
+                                     storage, False, target)
         table = {}
         for result in results:
             job = result.config["job"]
@@ -151,7 +144,7 @@ def warm_trials(study, spec, table: dict[str, Any]) -> None:
     """The other target's table as finished trials of the study (what --warm-start gives a real search)."""
     import optuna
 
-    from tune_fusion.search import optuna_distribution
+    from tune_fusion.warm_start import optuna_distribution
 
     params = {p.name: p for p in spec.params}
     for entry in table["configurations"].values():
@@ -168,7 +161,7 @@ def replay(spec, table: dict[str, Any], arm: str, seed: int, warm: dict[str, Any
 
     import optuna
 
-    from tune_fusion.search import ask_new, make_sampler
+    from tune_fusion.searcher import ask_new, make_sampler
     from tune_fusion.space import DefineByRun
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -303,7 +303,7 @@ def test_confirmation_retrains_the_best_and_the_best_graph_only_beside_fused_one
 
 
 def test_confirm_retrains_the_best_trial_with_several_seeds(experiment, tmp_path):
-    from tune_fusion.search import confirm
+    from tune_fusion.confirm import confirm
 
     copy = tmp_path / experiment.name  # beside a copy: the shared experiment keeps no -confirm sibling
     shutil.copytree(experiment, copy)

@@ -68,7 +68,7 @@ def test_every_epoch_is_an_intermediate_value_of_its_optuna_trial(finished_searc
 
 
 def test_warm_start_feeds_exactly_the_earlier_trials(finished_search, tmp_path):
-    from tune_fusion.search import feed_earlier_trials
+    from tune_fusion.warm_start import feed_earlier_trials
 
     outcome, exp_dir = finished_search
     earlier = optuna.load_study(study_name="tiny", storage=f"sqlite:///{exp_dir / STUDY_FILE}")

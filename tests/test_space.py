@@ -164,7 +164,7 @@ def test_missing_space_file():
 
 
 def test_tpe_settings_scale_with_the_budget_and_reach_the_sampler(tmp_path):
-    from tune_fusion.search import make_sampler
+    from tune_fusion.searcher import make_sampler
 
     spec = parse_spec(yaml.safe_load(VALID), "valid.yaml")
     assert spec.searcher.multivariate and spec.searcher.group and spec.searcher.constant_liar
@@ -183,7 +183,7 @@ def three_configs(trial: optuna.Trial) -> None:
 @pytest.mark.parametrize("seed", range(5))
 def test_the_searcher_does_not_run_a_finished_configuration_again(seed):
     from tune_fusion.names import FINISHED, METRIC
-    from tune_fusion.search import FusionOptunaSearch
+    from tune_fusion.searcher import FusionOptunaSearch
 
     searcher = FusionOptunaSearch(space=three_configs, metric=METRIC, mode="min",
                                   sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -204,7 +204,7 @@ def test_the_searcher_does_not_run_a_finished_configuration_again(seed):
 
 
 def test_points_to_evaluate_run_even_when_they_repeat():
-    from tune_fusion.search import ask_new
+    from tune_fusion.searcher import ask_new
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(2):
@@ -224,7 +224,7 @@ def test_points_to_evaluate_run_even_when_they_repeat():
 
 def test_warm_start_copies_are_not_taken_for_results_of_this_search():
     from tune_fusion.names import REPEAT_OF, WARM_START_FROM
-    from tune_fusion.search import ask_new
+    from tune_fusion.searcher import ask_new
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     layers = optuna.distributions.CategoricalDistribution(["0", "1", "0,1"])

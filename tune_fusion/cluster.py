@@ -1,4 +1,5 @@
-"""Connecting to Ray and sharing work over it: the one place that starts or joins a Ray session."""
+"""Connecting to Ray and sharing work over it: the one place that starts or joins a Ray session, and the checks of
+what its nodes offer (resources for a trial, shared storage)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ import os
 import socket
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from tune_fusion.errors import TuneFusionError
+from tune_fusion.errors import ConfigError, TuneFusionError
+from tune_fusion.names import is_uri
+
+if TYPE_CHECKING:
+    from tune_fusion.space import SearchSpec
+
+__all__ = ["TOKEN_HELP", "check_resources", "check_shared", "connect", "parallel_map"]
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +146,48 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], desc: str) -> l
     finally:
         if started:
             ray.shutdown()
+
+
+def _alive_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def check_resources(spec: SearchSpec, local: bool) -> None:
+    """A trial must fit on some node: on a local Ray that is an error (Ray would wait forever), on a cluster a
+    warning (an autoscaler may still add such nodes)."""
+    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    nodes = [n["Resources"] for n in _alive_nodes()]
+    if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+        return
+    have = ", ".join(f"{n.get('CPU', 0):g} CPU / {n.get('GPU', 0):g} GPU" for n in nodes)
+    message = (f"each trial asks for {need['CPU']:g} CPU and {need['GPU']:g} GPU (resources in {spec.source}) but "
+               f"no node has that ({have}); ask for fewer per trial, e.g. resources cpu 1, gpu 0")
+    if local:
+        raise ConfigError(message)
+    log.warning("%s; waiting for the autoscaler to add such a node", message)
+
+
+def check_shared(path: str, what: str) -> None:
+    """On a multi-node cluster a local ``path`` must be shared storage: every node must see the same folder."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = _alive_nodes()
+    if len(nodes) <= 1 or is_uri(path):
+        return
+    folder = Path(path).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f".shared-check-{uuid.uuid4().hex}"
+    marker.write_text("tune-fusion")
+    try:
+        probe = ray.remote(num_cpus=0)(os.path.exists)
+        seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(str(marker)) for n in nodes])
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
+    if blind:
+        raise ConfigError(f"{what} {folder} is not visible from node(s) {', '.join(blind)}: on a multi-node cluster "
+                          "put it on shared storage (NFS) or use an s3:// or gs:// URI")

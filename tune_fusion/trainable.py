@@ -66,7 +66,7 @@ def train_trial(params: dict[str, Any], cache_name: str, published: str | None, 
     prepared cache ``cache_name`` in this node's ``cache_dir`` (opened, never rebuilt; on a cluster, fetched once
     per node from ``published`` when the node lacks it)."""
     device = _use_trial_resources()
-    job = params.get("job")  # a confirmation trial carries its whole configuration (tune_fusion.search.confirm)
+    job = params.get("job")  # a confirmation trial carries its whole configuration (tune_fusion.confirm)
     try:
         cfg = Config.from_dict(job["config"] if job else {**base, **params}, source="trial config")
     except TuneFusionError as err:  # a combination the space allowed but the model cannot have: no retry helps

@@ -1,0 +1,74 @@
+"""The console of a quiet search: one line when a trial starts and one when it ends, instead of Ray's status tables.
+
+Example:
+    >>> from tune_fusion.console import TrialLines
+    >>> tune.RunConfig(callbacks=[TrialLines("formation_energy_peratom")], verbose=0)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import optuna
+from ray import tune
+
+from tune_fusion.names import FINISHED, StopReason
+from tune_fusion.units import with_unit
+
+__all__ = ["TrialLines", "format_value", "quiet_console"]
+
+
+class TrialLines(tune.Callback):
+    """The console of a quiet search: one line when a trial starts (its searched values) and one when it ends (how,
+    after how many epochs, its best validation MAE with the unit)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.start = time.monotonic()
+
+    def _line(self, text: str) -> None:
+        minutes, seconds = divmod(int(time.monotonic() - self.start), 60)
+        print(f"[{minutes:3d}:{seconds:02d}] {text}", flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        job = trial.config.get("job")
+        values = (f"retrains trial {job['confirms']} with random_seed={job['config']['random_seed']}" if job else
+                  " ".join(f"{k}={format_value(v)}" for k, v in trial.config.items()))
+        self._line(f"trial {trial.trial_id} started   {values}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        epochs = result.get("epoch", 0)
+        best = with_unit(result.get("best_val_mae"), self.target)
+        if not result.get(FINISHED):
+            how = f"stopped early by the scheduler after {epochs} epoch(s)"
+        elif StopReason.of(result.get("stop_reason")) in (StopReason.NAN_LOSS, StopReason.TEXT_SCALE_EXPLODED):
+            how = f"diverged at epoch {epochs} ({str(result['stop_reason']).split(':', 1)[0]})"
+        elif StopReason.of(result.get("stop_reason")) is StopReason.CONFIG_ERROR:
+            self._line(f"trial {trial.trial_id} could not train: {result['stop_reason']}")
+            return
+        else:
+            how = f"completed {epochs} epoch(s)"
+        self._line(f"trial {trial.trial_id} {how}; best validation MAE {best}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(f"trial {trial.trial_id} errored (Ray retries it from its checkpoint; see its error.txt)")
+
+
+def format_value(value: Any) -> str:
+    """Searched values as the YAML writes them: true/false, 4 significant digits."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def quiet_console(verbose: bool) -> None:
+    """Without ``verbose``: Ray Tune's old console (its new one prints a configuration box and hints even when
+    silent) and no Optuna notices; the trial lines of ``TrialLines`` are the console."""
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)

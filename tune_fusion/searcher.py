@@ -1,0 +1,118 @@
+"""The searcher: Optuna's sampler (TPE or random) behind Ray Tune, skipping proposals that repeat a finished trial.
+
+Example:
+    >>> from tune_fusion.searcher import FusionOptunaSearch, make_sampler
+    >>> searcher = FusionOptunaSearch(space=..., metric="val_mae", mode="min", sampler=make_sampler(spec))
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_fusion.names import FINISHED, METRIC, REPEAT_OF, StopReason, is_copy
+from tune_fusion.space import SearchSpec
+
+__all__ = ["REPEAT_TRIES", "FusionOptunaSearch", "ask_new", "make_sampler", "tell_if_repeat"]
+
+REPEAT_TRIES = 8  # proposals that repeat a finished configuration, skipped before one is run anyway
+
+
+def tell_if_repeat(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """If a trial this search ran to its end or stopped had exactly ``trial``'s parameters, give ``trial`` that
+    trial's result (per-epoch values, value, state) and return True: training the same configuration again with the
+    same seed would spend epochs to learn nothing. Optuna's TPE repeats configurations freely in discrete spaces (and
+    a warm-started one keeps proposing the earlier search's favourite), so the search asks again instead. Trials
+    copied in by a warm start are evidence from another search, not results of this one: a configuration they hold
+    is trained here once. Points the user listed (``points_to_evaluate``) always run."""
+    trials = study.get_trials(deepcopy=False)
+    if "fixed_params" in trials[trial.number].system_attrs:
+        return False
+    complete, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+    earlier = next((t for t in reversed(trials) if t.state in (complete, pruned) and t.params == trial.params
+                    and not is_copy(t.user_attrs)), None)
+    if earlier is None:
+        return False
+    for step, value in earlier.intermediate_values.items():
+        trial.report(value, step)
+    trial.set_user_attr(REPEAT_OF, earlier.number)
+    study.tell(trial, earlier.value if earlier.state == complete else None, state=earlier.state)
+    return True
+
+
+def ask_new(study: optuna.Study, ask: Callable[[], optuna.Trial]) -> optuna.Trial:
+    """``ask()`` (a new trial of ``study`` with its parameters drawn) until it gives a configuration no finished
+    trial had, at most REPEAT_TRIES + 1 times; the last one runs even if it repeats (the space may be exhausted)."""
+    for _ in range(REPEAT_TRIES):
+        trial = ask()
+        if not tell_if_repeat(study, trial):
+            return trial
+    return ask()
+
+
+class FusionOptunaSearch(OptunaSearch):
+    """OptunaSearch that skips proposals repeating a finished configuration (``ask_new``), tells the study each
+    trial's best validation MAE (not its last epoch's), and records scheduler-stopped trials as PRUNED and
+    NaN-stopped or misconfigured ones as FAIL."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        configs: list[dict | None] = []
+
+        def ask() -> optuna.Trial:
+            if configs:  # the trial asked before was a repeat, told and done: ask a new one for this Ray trial
+                del self._ot_trials[trial_id]
+            configs.append(super(FusionOptunaSearch, self).suggest(trial_id))
+            return self._ot_trials[trial_id]
+
+        ask_new(self._ot_study, ask)
+        return configs[-1]
+
+    # A resumed search gets this searcher back from Ray's snapshot, a few seconds older than the study (saved at each
+    # tell): a trial the snapshot holds open may be finished in the study already, with its result. Optuna refuses
+    # to update it (UpdateFinishedTrialError), and there is nothing to add.
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        try:
+            self._complete(trial_id, result, error)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)
+
+    def _complete(self, trial_id: str, result: dict | None, error: bool) -> None:
+        if error or not result or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials[trial_id]
+        with warnings.catch_warnings():  # Tune hands a trial's last result only to on_trial_complete: report it too
+            warnings.simplefilter("ignore")  # (Optuna ignores, with a warning, a step reported twice)
+            ot_trial.report(result[METRIC], result["training_iteration"])
+        reason = str(result.get("stop_reason") or "")
+        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        if reason:
+            ot_trial.set_user_attr("stop_reason", reason)
+        if not result.get(FINISHED):
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        elif StopReason.of(reason) in (StopReason.NAN_LOSS, StopReason.CONFIG_ERROR):
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        else:  # the trial's value is its best validation MAE, as in every other selection
+            return super().on_trial_complete(trial_id, {**result, METRIC: result["best_val_mae"]}, error)
+        self._completed_trials.add(trial_id)
+
+
+def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler for the search: TPE with the start-up trials scaled to the budget, multivariate and grouped
+    over the conditional parameters, constant liar for concurrent trials (``searcher:`` settings); or random."""
+    settings = spec.searcher
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=settings.seed)
+    with warnings.catch_warnings():  # multivariate, group and constant_liar are marked experimental by Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials(spec.num_samples),
+                                          multivariate=settings.multivariate, group=settings.multivariate and settings.group,
+                                          constant_liar=settings.constant_liar)
