@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tune_fusion.cli import run
+from tune_fusion.experiment import read_trials, status_counts
 from tune_fusion.names import DEFAULT_STORAGE
 
 
@@ -54,7 +55,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def print_summary(outcome, seconds: float) -> None:
     """How the trials ended, the best one with its unit beside the mean predictor's, and what to run next."""
-    from tune_fusion.analysis import read_trials, status_counts
     from tune_fusion.console import format_value
     from tune_fusion.search import best_checkpoint_path
     from tune_fusion.units import with_unit

@@ -25,8 +25,18 @@ from tune_fusion import analysis
 from tune_fusion.data import make_loader
 from tune_fusion.diagnostics import compare, diagnose, first_of_split, scale_text
 from tune_fusion.errors import DataError
+from tune_fusion.experiment import (
+    TrialInfo,
+    best_trial,
+    locate_experiment,
+    read_confirmation,
+    read_trials,
+    table_rows,
+    to_confirm,
+    usable_trials,
+)
 from tune_fusion.export import load_checkpoint, open_model
-from tune_fusion.names import METRIC
+from tune_fusion.names import METRIC, Status
 
 pytestmark = pytest.mark.slow
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -56,7 +66,7 @@ def analysed(experiment, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fused_checkpoint(experiment) -> Path:
-    trials = analysis.read_trials(experiment)
+    trials = read_trials(experiment)
     fused = [t for t in trials if t.params.get("use_middle_fusion") and t.checkpoint is not None]
     assert fused, "the seeded search should sample middle fusion at least once"
     return fused[0].checkpoint
@@ -236,8 +246,8 @@ def test_export_reloads_in_a_fresh_process_and_reproduces_its_predictions(analys
 
 
 def test_a_copy_reached_by_uri_gives_the_same_table(experiment, tmp_path):
-    local = analysis.locate_experiment(f"file://{experiment}", copy_to=tmp_path / "copy")
-    assert analysis.table_rows(analysis.read_trials(local)) == analysis.table_rows(analysis.read_trials(experiment))
+    local = locate_experiment(f"file://{experiment}", copy_to=tmp_path / "copy")
+    assert table_rows(read_trials(local)) == table_rows(read_trials(experiment))
 
 
 def write_trial(folder: Path, rows: list[dict], error: str = "") -> None:
@@ -260,7 +270,7 @@ def test_every_status_is_told_apart(tmp_path):
     write_trial(tmp_path / "trial_e", [row(1, 1, True, "early_stopping: no better val_mae for 5 epochs")])
     write_trial(tmp_path / "trial_f", [row(1)], error="RuntimeError: CUDA out of memory")
     write_trial(tmp_path / "trial_g", [row(3)])
-    live = {t.path.name: (t.status, t.reason) for t in analysis.read_trials(tmp_path)}
+    live = {t.path.name: (t.status, t.reason) for t in read_trials(tmp_path)}
     assert live["trial_a"] == ("completed", "")
     assert live["trial_b"][0] == "stopped_by_scheduler"
     assert live["trial_c"][0] == live["trial_d"][0] == "diverged" and live["trial_c"][1].startswith("nan_loss")
@@ -270,7 +280,7 @@ def test_every_status_is_told_apart(tmp_path):
     old = time.time() - 7200
     for path in tmp_path.glob("*/result.json"):
         os.utime(path, (old, old))
-    stale = {t.path.name: t.status for t in analysis.read_trials(tmp_path)}
+    stale = {t.path.name: t.status for t in read_trials(tmp_path)}
     assert stale["trial_g"] == "interrupted" and stale["trial_b"] == "stopped_by_scheduler"
 
 
@@ -280,7 +290,7 @@ def test_an_epoch_reported_again_by_a_resumed_trial_counts_once(tmp_path):
             epoch == 3), "done": epoch == 3, "stop_reason": "", "resumed_from_epoch": resumed_from, "trial_id": "t"}
 
     write_trial(tmp_path / "trial_t", [row(1, 0.6), row(2, 0.5), row(2, 0.45, 1), row(3, 0.4, 1), row(3, 0.4, 3)])
-    (trial,) = analysis.read_trials(tmp_path)
+    (trial,) = read_trials(tmp_path)
     assert [(r["epoch"], r["val_mae"]) for r in trial.history] == [(1, 0.6), (2, 0.45), (3, 0.4)]  # the last holds
     assert (trial.status, trial.epochs, trial.history[-1]["resumed_from_epoch"]) == ("completed", 3, 3)
 
@@ -288,18 +298,18 @@ def test_an_epoch_reported_again_by_a_resumed_trial_counts_once(tmp_path):
 def test_confirmation_retrains_the_best_and_the_best_graph_only_beside_fused_ones():
     def trial(name, mae, graph_only=None):
         params = {} if graph_only is None else {"graph_only": graph_only}
-        return analysis.TrialInfo(name, Path(name), params, [{"epoch": 1, METRIC: mae}], analysis.Status.COMPLETED, "",
+        return TrialInfo(name, Path(name), params, [{"epoch": 1, METRIC: mae}], Status.COMPLETED, "",
                                   Path(name) / "checkpoint.pt")
 
     fused, fused_2, graph = trial("f1", 0.1, False), trial("f2", 0.2, False), trial("g1", 0.3, True)
-    usable = analysis.usable_trials([graph, fused_2, fused, trial("no_value", math.nan)])
+    usable = usable_trials([graph, fused_2, fused, trial("no_value", math.nan)])
     assert usable == [fused, fused_2, graph]
-    assert analysis.to_confirm(usable, 1, default_graph_only=False) == [fused, graph]  # the baseline beside it
-    assert analysis.to_confirm(usable, 3, default_graph_only=False) == [fused, fused_2, graph]
+    assert to_confirm(usable, 1, default_graph_only=False) == [fused, graph]  # the baseline beside it
+    assert to_confirm(usable, 3, default_graph_only=False) == [fused, fused_2, graph]
     best_graph = trial("g0", 0.05, True)
-    assert analysis.to_confirm([best_graph, fused], 1, default_graph_only=False) == [best_graph]  # nothing to add
+    assert to_confirm([best_graph, fused], 1, default_graph_only=False) == [best_graph]  # nothing to add
     same_kind = [trial("a", 0.1), trial("b", 0.2)]  # graph_only fixed by the search: one kind only
-    assert analysis.to_confirm(same_kind, 1, default_graph_only=True) == same_kind[:1]
+    assert to_confirm(same_kind, 1, default_graph_only=True) == same_kind[:1]
 
 
 def test_confirm_retrains_the_best_trial_with_several_seeds(experiment, tmp_path):
@@ -307,14 +317,14 @@ def test_confirm_retrains_the_best_trial_with_several_seeds(experiment, tmp_path
 
     copy = tmp_path / experiment.name  # beside a copy: the shared experiment keeps no -confirm sibling
     shutil.copytree(experiment, copy)
-    best = analysis.best_trial(analysis.read_trials(copy), copy)
+    best = best_trial(read_trials(copy), copy)
     folder = confirm(copy, top_k=1, seeds=2, verbose=False)
-    retrained = analysis.read_trials(Path(folder), stale_after_s=0)
+    retrained = read_trials(Path(folder), stale_after_s=0)
     config = load_checkpoint(best.checkpoint)["config"]
     assert sorted(t.params["job"]["config"]["random_seed"] for t in retrained) == [0, 1]
     assert all(t.params["job"] == {"config": {**config, "random_seed": t.params["job"]["config"]["random_seed"]},
                                    "confirms": best.trial_id} for t in retrained)
-    summary = analysis.read_confirmation(copy)
+    summary = read_confirmation(copy)
     (row,) = summary["rows"]
     maes = [t.best_val_mae for t in retrained]
     assert (summary["best"], row["seeds"]) == (best.trial_id, 2) and "fused_vs_graph" not in summary
@@ -346,13 +356,13 @@ def test_bad_inputs_give_one_line_errors(experiment, tmp_path, capsys):
                                                    capsys)
     broken = tmp_path / "broken"
     shutil.copytree(experiment, broken)
-    best = analysis.best_trial(analysis.read_trials(broken), broken).checkpoint
+    best = best_trial(read_trials(broken), broken).checkpoint
     best.write_bytes(best.read_bytes()[:1000])  # a checkpoint cut mid-write
     message = cli([str(broken), "--output", str(tmp_path / "o2")], capsys)
     assert str(best) in message and "cannot be read" in message
     torch.save({"config": {}, "model": {}}, best)
     assert "lacks" in cli([str(broken), "--output", str(tmp_path / "o3")], capsys)
     with pytest.raises(DataError, match="weights do not fit"):
-        ckpt = load_checkpoint(analysis.best_trial(analysis.read_trials(experiment), experiment).checkpoint)
+        ckpt = load_checkpoint(best_trial(read_trials(experiment), experiment).checkpoint)
         ckpt["best_model"] = {k: v for k, v in list(ckpt["best_model"].items())[:-1]}
         open_model(ckpt, "edited.pt", device="cpu")

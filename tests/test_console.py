@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO, write_space
 from tune_fusion import plots
-from tune_fusion.analysis import status_counts
+from tune_fusion.experiment import status_counts
 from tune_fusion.names import Status
 from tune_fusion.units import axis_label, unit, with_unit
 

@@ -19,7 +19,7 @@ import yaml
 
 from tests.conftest import REPO, trial_rows, write_space
 from tune_fusion import plots
-from tune_fusion.analysis import read_trials
+from tune_fusion.experiment import read_trials
 from tune_fusion.names import STUDY_FILE, Status
 from tune_fusion.search import run_search
 from tune_fusion.space import load_spec

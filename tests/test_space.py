@@ -258,7 +258,7 @@ def test_a_bad_warm_start_is_a_one_line_error_before_ray_starts(tmp_path):
 
 
 def test_parameter_importance_counts_only_the_trials_the_search_trained(tmp_path):
-    from tune_fusion.analysis import parameter_importance
+    from tune_fusion.importance import parameter_importance
     from tune_fusion.names import REPEAT_OF, STUDY_FILE, WARM_START_FROM
 
     folder = tmp_path / "exp"

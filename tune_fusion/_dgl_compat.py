@@ -11,6 +11,7 @@ the package, Ray workers included.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import sys
@@ -25,11 +26,20 @@ def graphbolt_available() -> bool:
     spec = importlib.util.find_spec("dgl")
     if spec is None or spec.origin is None:
         return True  # no DGL: nothing to patch (the import error will say so where dgl is used)
-    import torch
-
-    version = torch.__version__.split("+", maxsplit=1)[0]
+    version = _torch_version().split("+", maxsplit=1)[0]
     folder = Path(spec.origin).parent / "graphbolt"
     return any(folder.glob(f"*graphbolt_pytorch_{version}.*"))
+
+
+def _torch_version() -> str:
+    """The installed torch's version, read from its package metadata: importing the package imports no torch (the
+    experiment reader and the analysis tables need none)."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:  # a torch without metadata (built in place): ask it
+        import torch
+
+        return torch.__version__
 
 
 def install_graphbolt_stub() -> bool:

@@ -18,6 +18,8 @@ from tune_fusion.config import Config
 from tune_fusion.console import quiet_console
 from tune_fusion.data import prepare
 from tune_fusion.errors import ConfigError
+from tune_fusion.experiment import CONFIRM_SUFFIX, read_space, read_trials, to_confirm, usable_trials
+from tune_fusion.export import load_checkpoint
 from tune_fusion.names import METRIC, MODE
 from tune_fusion.search import check_experiment, make_run_config, make_trainable, publish_on_cluster, trial_name
 
@@ -28,10 +30,7 @@ def confirm(experiment: str | Path, top_k: int = 3, seeds: int = 3, address: str
             verbose: bool = True) -> str:
     """Retrain the ``top_k`` best configurations of a finished search (and its best graph-only one, where it ran
     both kinds) with ``seeds`` training seeds each, as Ray trials on the same cluster, into ``<experiment>-confirm``
-    beside it; returns that folder. ``tune_fusion.analysis.read_confirmation`` summarises it."""
-    from tune_fusion.analysis import CONFIRM_SUFFIX, read_space, read_trials, to_confirm, usable_trials
-    from tune_fusion.export import load_checkpoint
-
+    beside it; returns that folder. ``tune_fusion.experiment.read_confirmation`` summarises it."""
     folder = Path(experiment).expanduser().resolve()
     usable = usable_trials(read_trials(folder, stale_after_s=0))
     if not usable:
