@@ -15,8 +15,12 @@ worth (text ablation), export and a Markdown report (``report.md`` in the output
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from tune_fusion.cli import run
+
+if TYPE_CHECKING:
+    from tune_fusion.results import Analysis
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,38 +66,39 @@ def main(argv: list[str] | None = None) -> None:
         print(f"retraining the {args.confirm} best configurations with {args.seeds} seeds each")
         confirm(args.experiment, args.confirm, args.seeds, args.address, args.verbose)
 
-    from tune_fusion.analysis import analyze
+    from tune_fusion.analysis import Request, analyze
 
-    summary = analyze(args.experiment, args.output, top_k=args.top_k, diagnose=args.diagnose,
-                      crystals=args.crystals, export=args.export, compare=args.compare, scale_text=args.scale_text,
-                      checkpoint=args.checkpoint, device=args.device, cache_dir=args.cache_dir,
-                      permutations=args.permutations)
-    print_summary(summary)
+    found = analyze(Request(args.experiment, args.output, top_k=args.top_k, diagnose=args.diagnose,
+                            crystals=args.crystals, export=args.export, compare=args.compare,
+                            scale_text=args.scale_text, checkpoint=args.checkpoint, device=args.device,
+                            cache_dir=args.cache_dir, permutations=args.permutations))
+    print_summary(found)
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(found: Analysis) -> None:
+    """The table and how the trials ended, the best trial with its one test result, the checkpoint's validation MAE,
+    what the text is worth, the confirmation runs, and where the report is."""
     from tune_fusion.units import with_unit
 
-    target = summary.get("target") or (summary.get("checkpoint") or {}).get("target", "")
-    if "table_text" in summary:
-        print(summary["table_text"])
-        print(f"\n{summary['status_counts']}")
-    best = summary.get("best")
-    if best:
-        print(f"best trial: {best['trial']} (validation MAE {with_unit(best['val_mae'], target)})")
-        if "test_mae" in best:
-            print(f"test, evaluated once: MAE {with_unit(best['test_mae'], target)}, RMSE "
-                  f"{with_unit(best['test_rmse'], target)} on {best['test_crystals']} crystals")
-    if summary.get("checkpoint"):
-        print(f"validation MAE of {summary['checkpoint']['path']}: {with_unit(summary['checkpoint']['val_mae'], target)}")
-    for label, ablation in (summary.get("ablation") or {}).get("models", {}).items():
+    target, search = found.target, found.search
+    if search:
+        print(search.table_text)
+        print(f"\n{search.status_counts}")
+        best = search.best
+        print(f"best trial: {best.trial} (validation MAE {with_unit(best.val_mae, target)})")
+        if best.test_mae is not None:
+            print(f"test, evaluated once: MAE {with_unit(best.test_mae, target)}, RMSE "
+                  f"{with_unit(best.test_rmse, target)} on {best.test_crystals} crystals")
+    checkpoint = found.run or found.checkpoint
+    if checkpoint:
+        print(f"validation MAE of {checkpoint.checkpoint.path}: {with_unit(checkpoint.checkpoint.val_mae, target)}")
+    for label, ablation in (found.main.ablation.models if found.main else {}).items():
         print(f"{label}: {ablation['verdict']}")
-    confirmation = summary.get("confirmation")
-    if confirmation:
-        for row in confirmation["rows"]:
+    if search and search.confirmation:
+        for row in search.confirmation.rows:
             print(f"confirmed {row['configuration']}: validation MAE {row['mean_val_mae']:.4f} ± "
                   f"{row['std_val_mae']:.4f} over {row['seeds']} seeds")
-    print(f"report: {summary['report']}")
+    print(f"report: {found.report}")
 
 
 if __name__ == "__main__":

@@ -96,9 +96,10 @@ def test_any_checkpoint_kind_is_diagnosed_without_an_experiment(fused_run, prepa
     standalone = save_checkpoint({**fused_run.checkpoint(), "model": fused_run.checkpoint()["best_model"]},
                                  tmp_path / "run" / "best_val_model.pt")
     exported = export_best(trial_like, tmp_path / "export", {"val_mae": fused_run.best_val_mae})
-    results = [analysis.analyze(checkpoint=str(p), output=tmp_path / f"out{i}", device="cpu", permutations=2)
+    results = [analysis.analyze(analysis.Request(checkpoint=str(p), output=tmp_path / f"out{i}", device="cpu",
+                                                 permutations=2))
                for i, p in enumerate((trial_like, standalone, exported))]
-    maes = [r["checkpoint"]["val_mae"] for r in results]
+    maes = [r.checkpoint.checkpoint.val_mae for r in results]
     assert maes == pytest.approx([fused_run.best_val_mae] * 3, rel=1e-5)
     out = tmp_path / "out0"
     for name in ("text_ablation.csv", "text_ablation.png", "text_ablation.pdf", "report.md",
@@ -118,12 +119,12 @@ def test_a_standalone_run_folder_draws_its_curves_and_text_scale(cache_dir, tmp_
     train_main(["--output_dir", str(tmp_path), *tiny_flags(cache_dir), "--epochs", "3", "--use_middle_fusion",
                 "True", "--middle_fusion_layers", "1", "--middle_fusion_use_learnable_scale", "True"])
     folder = tmp_path / "formation_energy_peratom"
-    summary = analysis.analyze(str(folder), tmp_path / "analysis", device="cpu", permutations=2)
-    assert summary["run"]["epochs"] == 3 and set(summary["figures"]) == {"learning_curves", "text_scale", "parity"}
+    summary = analysis.analyze(analysis.Request(str(folder), tmp_path / "analysis", device="cpu", permutations=2)).run
+    assert summary.run.epochs == 3 and set(summary.figures) == {"learning_curves", "text_scale", "parity"}
     (folder / "test_predictions.csv").rename(folder / "predictions_test.csv")  # the name older runs wrote
-    again = analysis.analyze(str(folder), tmp_path / "analysis2", device="cpu", permutations=2)
-    assert "parity" in again["figures"]
-    assert (tmp_path / "analysis" / "text_scale.png").is_file() and summary["checkpoint"]["val_mae"] > 0
+    again = analysis.analyze_run(str(folder), tmp_path / "analysis2", device="cpu", permutations=2)
+    assert "parity" in again.figures
+    assert (tmp_path / "analysis" / "text_scale.png").is_file() and summary.checkpoint.val_mae > 0
 
 
 def layer(**changes) -> dict:
@@ -149,7 +150,7 @@ def test_a_checkpoint_with_an_exploded_scale_warns(fused_run, tmp_path, caplog):
     ckpt["best_model"] = {**ckpt["best_model"], "middle_fusion_modules.layer_1.text_scale": torch.tensor(80.0)}
     path = save_checkpoint(ckpt, tmp_path / "exploded.pt")
     found = analysis.analyze_checkpoint(path, tmp_path / "out", device="cpu", permutations=2)
-    warnings = found["checkpoint"]["diagnosis"]["layers"]["layer_1"]["warnings"]
+    warnings = found.checkpoint.diagnosis["layers"]["layer_1"]["warnings"]
     assert any("text_scale 80 > 50" in w for w in warnings)
     assert "text_scale 80 > 50" in caplog.text
 

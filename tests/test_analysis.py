@@ -60,8 +60,9 @@ def analysed(experiment, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(analysis, "test_once", counting)
-        summary = analysis.analyze(experiment, out / "report", diagnose=2, export=out / "export", device="cpu")
-    return summary, Path(summary["output"]), out / "export", calls
+        found = analysis.analyze(analysis.Request(experiment, out / "report", diagnose=2, export=out / "export",
+                                                   device="cpu"))
+    return found.search, Path(found.output), out / "export", calls
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_table_lists_every_trial_with_the_right_status(analysed, experiment):
         assert "learning_rate" in row and "use_middle_fusion" in row
     assert [float(r["best_val_mae"]) for r in table] == sorted(float(r["best_val_mae"]) for r in table)
     assert {"completed", "stopped_by_scheduler"} == {r["status"] for r in table}
-    assert "stopped_by_scheduler" in summary["table_text"]
+    assert "stopped_by_scheduler" in summary.table_text
 
 
 def test_best_trial_is_the_lowest_validation_mae(analysed, experiment):
@@ -96,7 +97,7 @@ def test_best_trial_is_the_lowest_validation_mae(analysed, experiment):
     rows = trial_rows(experiment)
     lowest = min(rows, key=lambda name: min(r["val_mae"] for r in rows[name]))
     best = json.loads((out / "best_trial.json").read_text())
-    assert f"trial_{best['trial']}" == lowest == f"trial_{summary['best']['trial']}"
+    assert f"trial_{best['trial']}" == lowest == f"trial_{summary.best.trial}"
     assert best["val_mae"] == pytest.approx(min(r["val_mae"] for r in rows[lowest]))
 
 
@@ -108,10 +109,10 @@ def test_test_mae_is_computed_once_and_matches_the_predictions(analysed, prepare
     assert list(rows[0]) == ["jid", "target", "prediction"]
     assert [r["jid"] for r in rows] == prepared.split_ids()["test"]
     errors = np.array([float(r["prediction"]) - float(r["target"]) for r in rows])
-    best = summary["best"]
-    assert best["test_crystals"] == len(rows)
-    assert best["test_mae"] == pytest.approx(np.abs(errors).mean(), rel=1e-6)
-    assert best["test_rmse"] == pytest.approx(math.sqrt((errors**2).mean()), rel=1e-6)
+    best = summary.best
+    assert best.test_crystals == len(rows)
+    assert best.test_mae == pytest.approx(np.abs(errors).mean(), rel=1e-6)
+    assert best.test_rmse == pytest.approx(math.sqrt((errors**2).mean()), rel=1e-6)
     assert "evaluated once" in (out / "report.md").read_text()
 
 
@@ -121,8 +122,8 @@ def test_plots_exist_and_are_valid_pngs(analysed):
     summary, out, _, _ = analysed
     names = ["learning_curves.png", "params_vs_val_mae.png", "text_scale.png", "parity_test.png",
              "diagnostics/fusion_summary.png"]
-    names += ["importance.png"] if summary["importance"]["values"] else []
-    names += [f"diagnostics/{f}" for d in summary["diagnostics"]["trials"].values() for f in d["figures"]]
+    names += ["importance.png"] if summary.importance.values else []
+    names += [f"diagnostics/{f}" for d in summary.diagnostics.trials.values() for f in d["figures"]]
     for name in names:
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE, name
         assert imread(out / name).shape[0] > 100
@@ -133,7 +134,7 @@ def test_plots_exist_and_are_valid_pngs(analysed):
 
 def test_importance_is_a_table_or_a_note(analysed):
     summary, out, _, _ = analysed
-    values, note = summary["importance"]["values"], summary["importance"]["note"]
+    values, note = summary.importance.values, summary.importance.note
     if values:
         assert sum(values.values()) == pytest.approx(1.0) and set(values) <= {"learning_rate", "use_middle_fusion",
                                                                               "middle_fusion_layers", "use_cross_modal",
@@ -187,7 +188,7 @@ def test_diagnostics_agree_with_a_hand_computation(fused_checkpoint):
 
 def test_full_validation_diagnosis_reproduces_the_checkpoint_val_mae(analysed):
     summary, out, _, _ = analysed
-    for trial_id, found in summary["diagnostics"]["trials"].items():
+    for trial_id, found in summary.diagnostics.trials.items():
         rows = [json.loads(line) for line in Path(found["checkpoint"]).parent.parent.joinpath("result.json")
                 .read_text().splitlines()]
         assert found["val_mae"] == pytest.approx(min(r["val_mae"] for r in rows), rel=1e-5), trial_id
@@ -197,19 +198,19 @@ def test_full_validation_diagnosis_reproduces_the_checkpoint_val_mae(analysed):
 
 def test_scale_text_multiplies_the_text_and_compare_sees_it(fused_checkpoint, tmp_path):
     result = scale_text(fused_checkpoint, 12.0, tmp_path, crystals=6, device="cpu")
-    scaled = load_checkpoint(result["scaled_checkpoint"])
+    scaled = load_checkpoint(result.scaled_checkpoint)
     original = load_checkpoint(fused_checkpoint)["best_model"]
     keys = [k for k in scaled["model"] if ".text_transform.2." in k]
     assert keys and all(torch.allclose(scaled["model"][k], 12.0 * original[k]) for k in keys)
-    for name, before in result["before"]["layers"].items():
-        after = result["after"]["layers"][name]
+    for name, before in result.before["layers"].items():
+        after = result.after["layers"][name]
         assert after["norm_ratio"] == pytest.approx(before["norm_ratio"] / 12.0, rel=1e-4)
         assert after["cos_before"] == pytest.approx(before["cos_before"], abs=1e-4)  # scaling keeps directions
-    assert result["val_mae_after"] == result["after"]["val_mae"] != result["val_mae_before"]
-    side_by_side = compare(fused_checkpoint, result["scaled_checkpoint"], tmp_path / "cmp", crystals=6, device="cpu")
-    assert side_by_side["crystals"] == 6
-    assert side_by_side["a"]["val_mae"] == pytest.approx(result["val_mae_before"])
-    assert side_by_side["b"]["val_mae"] == pytest.approx(result["val_mae_after"])
+    assert result.val_mae_after == result.after["val_mae"] != result.val_mae_before
+    side_by_side = compare(fused_checkpoint, result.scaled_checkpoint, tmp_path / "cmp", crystals=6, device="cpu")
+    assert side_by_side.crystals == 6
+    assert side_by_side.a["val_mae"] == pytest.approx(result.val_mae_before)
+    assert side_by_side.b["val_mae"] == pytest.approx(result.val_mae_after)
     assert (tmp_path / "cmp" / "compare_fusion.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
@@ -231,8 +232,8 @@ print(json.dumps(load_model(model_path).predict(items, batch_size=4).tolist()))
 def test_export_reloads_in_a_fresh_process_and_reproduces_its_predictions(analysed, prepared):
     summary, out, export_dir, _ = analysed
     exported = torch.load(export_dir / "best_model.pt", weights_only=True)
-    assert set(exported["model"]) == set(load_checkpoint(summary["best"]["checkpoint"])["best_model"])
-    assert exported["metrics"]["test_mae"] == summary["best"]["test_mae"]
+    assert set(exported["model"]) == set(load_checkpoint(summary.best.checkpoint)["best_model"])
+    assert exported["metrics"]["test_mae"] == summary.best.test_mae
     assert exported["dataset_fingerprint"] == prepared.fingerprint and exported["split_ids"] == prepared.split_ids()
     assert json.loads((export_dir / "config.json").read_text()) == exported["config"]
     done = subprocess.run([sys.executable, "-c", PREDICT, str(export_dir / "best_model.pt"),
@@ -325,9 +326,9 @@ def test_confirm_retrains_the_best_trial_with_several_seeds(experiment, tmp_path
     assert all(t.params["job"] == {"config": {**config, "random_seed": t.params["job"]["config"]["random_seed"]},
                                    "confirms": best.trial_id} for t in retrained)
     summary = read_confirmation(copy)
-    (row,) = summary["rows"]
+    (row,) = summary.rows
     maes = [t.best_val_mae for t in retrained]
-    assert (summary["best"], row["seeds"]) == (best.trial_id, 2) and "fused_vs_graph" not in summary
+    assert (summary.best, row["seeds"]) == (best.trial_id, 2) and summary.fused_vs_graph is None
     assert row["mean_val_mae"] == pytest.approx(np.mean(maes)) and row["std_val_mae"] == pytest.approx(
         np.std(maes, ddof=1))
 

@@ -32,6 +32,7 @@ from tune_fusion.errors import DataError
 from tune_fusion.export import load_checkpoint, load_weights, open_model, plain_checkpoint, scaled_text_state
 from tune_fusion.model import ModelOutput
 from tune_fusion.report import write_csv
+from tune_fusion.results import Comparison, TextScaling, as_dict
 from tune_fusion.train import TrainedModel, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def diagnose_checkpoint(path: str | Path, out_dir: Path, tag: str, crystals: int
 
 
 def compare(path_a: str | Path, path_b: str | Path, out_dir: Path, crystals: int = 0, device: str = "auto",
-            cache_dir: str | None = None) -> dict[str, Any]:
+            cache_dir: str | None = None) -> Comparison:
     """Two checkpoints side by side on the same validation crystals (those of ``path_a``, by id)."""
     model_a = open_model(load_checkpoint(path_a), path_a, device, cache_dir)
     indices_a = first_of_split(model_a.data, "val", crystals)
@@ -208,14 +209,13 @@ def compare(path_a: str | Path, path_b: str | Path, out_dir: Path, crystals: int
                         str(path_b))
     figure = plots.fusion_summary({"A": a, "B": b})
     name = plots.save(figure, out_dir / "compare_fusion.png", vector=True).name if figure else None
-    result = {"crystals": len(ids), "val_mae_difference_b_minus_a": b["val_mae"] - a["val_mae"], "a": a, "b": b,
-              "figure": name}
-    (out_dir / "compare.json").write_text(json.dumps(result, indent=1))
+    result = Comparison(len(ids), b["val_mae"] - a["val_mae"], a, b, name)
+    (out_dir / "compare.json").write_text(json.dumps(as_dict(result), indent=1))
     return result
 
 
 def scale_text(path: str | Path, factor: float, out_dir: Path, crystals: int = 0, device: str = "auto",
-               cache_dir: str | None = None) -> dict[str, Any]:
+               cache_dir: str | None = None) -> TextScaling:
     """Write ``scaled_x<factor>.pt`` (last text_transform layer times ``factor``) and measure validation MAE
     and diagnostics before and after, on the same crystals (``scale_text_x<factor>.json``)."""
     ckpt = load_checkpoint(path)
@@ -229,9 +229,9 @@ def scale_text(path: str | Path, factor: float, out_dir: Path, crystals: int = 0
     metrics = {"scale_factor": factor, "val_mae_before": before["val_mae"], "val_mae_after": after["val_mae"],
                "val_crystals": len(indices)}
     save_checkpoint({**plain_checkpoint(ckpt, state, metrics, path), "val_mae": after["val_mae"]}, scaled_path)
-    result = {**metrics, "checkpoint": str(path), "scaled_checkpoint": str(scaled_path), "before": before,
-              "after": after}
-    (out_dir / f"scale_text_x{factor:g}.json").write_text(json.dumps(result, indent=1))
+    result = TextScaling(**metrics, checkpoint=str(path), scaled_checkpoint=str(scaled_path), before=before,
+                         after=after)
+    (out_dir / f"scale_text_x{factor:g}.json").write_text(json.dumps(as_dict(result), indent=1))
     log.info("text scaled x%g: val MAE %.4f -> %.4f on %d crystals", factor, before["val_mae"], after["val_mae"],
              len(indices))
     return result

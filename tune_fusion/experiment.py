@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from tune_fusion.errors import DataError
-from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, SPACE_FILE, Status, StopReason, is_uri
+from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, RUN_FILES, SPACE_FILE, Status, StopReason, is_uri
+from tune_fusion.results import Confirmation, FusedVsGraph
 
-__all__ = ["CONFIRM_SUFFIX", "RUN_FILES", "STALE_AFTER_S", "TrialInfo", "best_of_each_kind", "best_trial",
+__all__ = ["CONFIRM_SUFFIX", "STALE_AFTER_S", "TrialInfo", "best_of_each_kind", "best_trial",
            "is_graph_only", "locate_experiment", "read_confirmation", "read_space", "read_trials", "run_folder",
            "searched_params", "status_counts", "table_rows", "to_confirm", "usable_trials"]
 
@@ -214,9 +215,6 @@ def best_trial(trials: list[TrialInfo], folder: Path) -> TrialInfo:
     return usable[0]
 
 
-RUN_FILES = ("history_train.json", "best_val_model.pt")  # a standalone run's output folder holds these
-
-
 def run_folder(location: str | Path) -> Path | None:
     """The folder, when it is a standalone training run's output (``python -m tune_fusion.train``), else None."""
     if is_uri(str(location)):
@@ -260,7 +258,7 @@ def to_confirm(usable: list[TrialInfo], top_k: int, default_graph_only: bool) ->
 CONFIRM_SUFFIX = "-confirm"  # the confirmation experiment of search X is X-confirm beside it
 
 
-def read_confirmation(folder: Path) -> dict[str, Any] | None:
+def read_confirmation(folder: Path) -> Confirmation | None:
     """The retrained configurations of ``<experiment>-confirm`` (``analyze_trials.py --confirm``): per
     configuration the best validation MAE of each seed, their mean and standard deviation; None when absent."""
     confirm = folder.parent / f"{folder.name}{CONFIRM_SUFFIX}"
@@ -284,14 +282,12 @@ def read_confirmation(folder: Path) -> dict[str, Any] | None:
     rows.sort(key=lambda r: r["mean_val_mae"])
     if not rows:
         return None
-    result: dict[str, Any] = {"folder": str(confirm), "rows": rows, "best": rows[0]["configuration"]}
     fused = next((r for r in rows if not r["graph_only"]), None)
     graph = next((r for r in rows if r["graph_only"]), None)
+    compared = None
     if fused and graph:
         difference = graph["mean_val_mae"] - fused["mean_val_mae"]
         spread = max(fused["std_val_mae"], graph["std_val_mae"])
-        result["fused_vs_graph"] = {"fused": fused["configuration"], "graph_only": graph["configuration"],
-                                    "difference": difference, "spread": spread,
-                                    "exceeds_spread": abs(difference) > spread}
-    return result
-
+        compared = FusedVsGraph(fused["configuration"], graph["configuration"], difference, spread,
+                                abs(difference) > spread)
+    return Confirmation(folder=str(confirm), rows=rows, best=rows[0]["configuration"], fused_vs_graph=compared)

@@ -13,6 +13,15 @@ CHECKPOINT_FILE = "checkpoint.pt"  # inside each of a trial's checkpoint_* folde
 STUDY_FILE = "optuna_study.db"  # the persisted Optuna study, in the experiment folder
 SPACE_FILE = "search_space.json"  # the searched parameters' distributions and the target, for the analysis
 DEFAULT_STORAGE = "~/ray_results"
+# a standalone run's output folder, <output_dir>/<target>/ (python -m tune_fusion.train)
+RUN_CONFIG = "config.json"  # the run's whole config
+BEST_VAL_MODEL = "best_val_model.pt"  # the best-by-validation weights under "model"
+LAST_CHECKPOINT = "last_checkpoint.pt"  # the latest state, to --resume
+HISTORY_TRAIN, HISTORY_VAL = "history_train.json", "history_val.json"  # per epoch
+RUN_METRICS = "metrics.json"  # best validation MAE and the one test evaluation
+PREDICTIONS_FILE = "test_predictions.csv"  # jid,target,prediction of the test split, in the target's units
+OLD_PREDICTIONS_FILE = "predictions_test.csv"  # the name standalone runs used before; still read
+RUN_FILES = (HISTORY_TRAIN, BEST_VAL_MODEL)  # what tells a standalone run's folder from a search's
 # user attributes of study rows that ran nothing in their search: a skipped repeat (the number of the trial whose
 # result it carries) and a trial copied in by a warm start (the earlier experiment)
 REPEAT_OF, WARM_START_FROM = "repeat_of", "warm_start_from"

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tune_fusion.units import unit, with_unit
+
+if TYPE_CHECKING:
+    from tune_fusion.results import Ablation, Analysis, Confirmation, ExperimentAnalysis, RunAnalysis
+
+__all__ = ["format_table", "write_csv", "write_report"]
 
 
 def _fmt(value: Any) -> str:
@@ -59,100 +65,107 @@ def _fusion_section(found: dict[str, dict[str, Any]], folder: str) -> list[str]:
     return lines
 
 
-def _ablation_section(ablation: dict[str, Any], confirmation: dict[str, Any] | None, target: str) -> list[str]:
+def _ablation_section(ablation: Ablation, confirmation: Confirmation | None, target: str) -> list[str]:
     """What the text is worth: the verdicts, the ablation table, and the confirmation over seeds where it exists."""
     lines = ["## What the text is worth", ""]
     if confirmation:
         lines += ["Retrained over several seeds (`analyze_trials.py --confirm`; validation MAE, mean ± standard "
-                  "deviation):", "", format_table(confirmation["rows"]), ""]
-        compared = confirmation.get("fused_vs_graph")
+                  "deviation):", "", format_table(confirmation.rows), ""]
+        compared = confirmation.fused_vs_graph
         if compared:
-            how = "exceeds" if compared["exceeds_spread"] else "is within"
-            lines += [f"**Confirmed:** graph-only {compared['graph_only']} minus fused {compared['fused']} = "
-                      f"{with_unit(compared['difference'], target)}, which {how} the spread over seeds "
-                      f"({with_unit(compared['spread'], target)}).", ""]
-    for label, found in ablation["models"].items():
+            how = "exceeds" if compared.exceeds_spread else "is within"
+            lines += [f"**Confirmed:** graph-only {compared.graph_only} minus fused {compared.fused} = "
+                      f"{with_unit(compared.difference, target)}, which {how} the spread over seeds "
+                      f"({with_unit(compared.spread, target)}).", ""]
+    for label, found in ablation.models.items():
         lines += [f"- **{label}**: {found['verdict']} ({found['crystals']} validation crystals, "
                   f"{found['permutations']} shuffles)"]
     lines += ["", "own = each crystal's description; shuffled = another validation crystal's (mean ± std over the "
               "shuffles); none = the training crystals' mean text vector; delta_vs_own ± ci95 in "
-              f"{unit(target) or 'target units'}. Table: `{ablation['csv']}`.", "", format_table(ablation["rows"]), "",
-              f"![text ablation]({ablation['figure']})", ""]
+              f"{unit(target) or 'target units'}. Table: `{ablation.csv}`.", "", format_table(ablation.rows), "",
+              f"![text ablation]({ablation.figure})", ""]
     return lines
 
 
-def write_report(out: Path, summary: dict[str, Any]) -> Path:
+def _search_sections(search: ExperimentAnalysis, image: Callable[[str, str], None], lines: list[str]) -> None:
+    """The trial table, the best trial and its test result, and parameter importance."""
+    target = search.target
+    lines += ["## Trials", "", f"{len(search.table)} trials: {search.status_counts}. Sorted by best validation MAE "
+              f"({unit(target) or 'no unit'}); full table in `trials.csv`.", "", search.table_text, ""]
+    best = search.best
+    lines += ["## Best trial (chosen by validation MAE only)", "", f"- trial `{best.trial}` ({best.status}),"
+              f" best validation MAE {with_unit(best.val_mae, target)} at epoch {best.best_epoch}",
+              f"- parameters: `{json.dumps(best.params)}`", f"- checkpoint: `{best.checkpoint}`"]
+    if best.test_mae is not None:
+        lines += [f"- **test, evaluated once**: MAE {with_unit(best.test_mae, target)}, RMSE "
+                  f"{with_unit(best.test_rmse, target)} on {best.test_crystals} crystals (predictions in "
+                  "`test_predictions.csv`)"]
+    lines.append("")
+    image("parity", "parity plot, test split")
+    lines += ["## Parameter importance", "", search.importance.note, ""]
+    if search.importance.values:
+        lines += [format_table([{"parameter": k, "importance": v} for k, v in search.importance.values.items()]), ""]
+    image("importance", "parameter importance")
+
+
+def _run_section(run: RunAnalysis, image: Callable[[str, str], None], lines: list[str]) -> None:
+    metrics = run.run.metrics
+    lines += ["## Standalone run", "", f"`{run.run.folder}`: {run.run.epochs} epochs; best validation MAE "
+              f"{with_unit(metrics.get('val_mae'), run.target)} at epoch {metrics.get('best_epoch')}"
+              + (f"; test MAE (evaluated once) {with_unit(metrics['test_mae'], run.target)}" if "test_mae" in metrics
+                 else ""), ""]
+    image("learning_curves", "learning curves")
+    image("text_scale", "text_scale over epochs")
+    image("parity", "parity plot, test split")
+
+
+def write_report(out: Path, found: Analysis) -> Path:
     """``report.md``: the table, the best trial and its test result, importance, plots and diagnostics."""
-    lines = [f"# Analysis: {summary.get('experiment') or 'checkpoints'}", ""]
-    figures = summary.get("figures", {})
+    lines = [f"# Analysis: {found.experiment or 'checkpoints'}", ""]
+    part = found.search or found.run
+    figures = part.figures if part else {}
 
     def image(key: str, title: str) -> None:
         if figures.get(key):
             lines.extend([f"![{title}]({figures[key]})", ""])
 
-    target = summary.get("target", "")
-    if "table" in summary:
-        lines += ["## Trials", "", f"{len(summary['table'])} trials: {summary['status_counts']}. Sorted by best "
-                  f"validation MAE ({unit(target) or 'no unit'}); full table in `trials.csv`.", "",
-                  summary["table_text"], ""]
-    if "best" in summary:
-        best = summary["best"]
-        lines += ["## Best trial (chosen by validation MAE only)", "", f"- trial `{best['trial']}` ({best['status']}),"
-                  f" best validation MAE {with_unit(best['val_mae'], target)} at epoch {best.get('best_epoch')}",
-                  f"- parameters: `{json.dumps(best['params'])}`", f"- checkpoint: `{best['checkpoint']}`"]
-        if "test_mae" in best:
-            lines += [f"- **test, evaluated once**: MAE {with_unit(best['test_mae'], target)}, RMSE "
-                      f"{with_unit(best['test_rmse'], target)} on {best['test_crystals']} crystals (predictions in "
-                      "`test_predictions.csv`)"]
-        lines.append("")
-        image("parity", "parity plot, test split")
-    if "importance" in summary:
-        values, note = summary["importance"]["values"], summary["importance"]["note"]
-        lines += ["## Parameter importance", "", note, ""]
-        if values:
-            lines += [format_table([{"parameter": k, "importance": v} for k, v in values.items()]), ""]
-        image("importance", "parameter importance")
+    target, search = found.target, found.search
+    if search:
+        _search_sections(search, image, lines)
     if figures:
         lines += ["## Plots", ""]
         for key, title in (("learning_curves", "learning curves"), ("params", "parameters vs validation MAE"),
                            ("text_scale", "text_scale over epochs")):
             image(key, title)
-    if summary.get("run"):
-        run = summary["run"]
-        metrics = run["metrics"]
-        lines += ["## Standalone run", "", f"`{run['folder']}`: {run['epochs']} epochs; best validation MAE "
-                  f"{with_unit(metrics.get('val_mae'), target)} at epoch {metrics.get('best_epoch')}"
-                  + (f"; test MAE (evaluated once) {with_unit(metrics['test_mae'], target)}" if "test_mae" in metrics
-                     else ""), ""]
-        image("learning_curves", "learning curves")
-        image("text_scale", "text_scale over epochs")
-        image("parity", "parity plot, test split")
-    if summary.get("checkpoint"):
-        found = summary["checkpoint"]
-        lines += ["## Checkpoint", "", f"`{found['path']}`: validation MAE {with_unit(found['val_mae'], target)}"
-                  + (" (graph-only: no text)" if found["graph_only"] else ""), ""]
-        lines += _fusion_section({"checkpoint": found["diagnosis"]}, "diagnostics")
-    if summary.get("diagnostics"):
-        found = summary["diagnostics"]["trials"]
-        lines += ["## Fusion diagnostics (validation crystals)", ""] + _fusion_section(found, "diagnostics")
-        if summary["diagnostics"]["figure"]:
-            lines += [f"![fusion diagnostics]({summary['diagnostics']['figure']})", ""]
-    if summary.get("ablation"):
-        lines += _ablation_section(summary["ablation"], summary.get("confirmation"), target)
-    if summary.get("export"):
-        lines += ["## Export", "", f"Best model exported to `{summary['export']}`; reload it with "
+    if found.run:
+        _run_section(found.run, image, lines)
+    checkpoint = found.run or found.checkpoint
+    if checkpoint:
+        summary = checkpoint.checkpoint
+        lines += ["## Checkpoint", "", f"`{summary.path}`: validation MAE {with_unit(summary.val_mae, target)}"
+                  + (" (graph-only: no text)" if summary.graph_only else ""), ""]
+        lines += _fusion_section({"checkpoint": summary.diagnosis}, "diagnostics")
+    if search and search.diagnostics:
+        lines += ["## Fusion diagnostics (validation crystals)", ""] + _fusion_section(search.diagnostics.trials,
+                                                                                       "diagnostics")
+        if search.diagnostics.figure:
+            lines += [f"![fusion diagnostics]({search.diagnostics.figure})", ""]
+    if found.main:
+        lines += _ablation_section(found.main.ablation, search.confirmation if search else None, target)
+    if search and search.export:
+        lines += ["## Export", "", f"Best model exported to `{search.export}`; reload it with "
                   "`tune_fusion.export.load_model(path).predict(structures)`.", ""]
-    if summary.get("compare"):
-        c = summary["compare"]
-        lines += ["## Comparison", "", f"A = `{c['a']['checkpoint']}`, B = `{c['b']['checkpoint']}`, on the same "
-                  f"{c['crystals']} validation crystals.", ""] + _fusion_table({"A": c["a"], "B": c["b"]})
-        lines += [f"![comparison]({c['figure']})", ""] if c["figure"] else []
-    if summary.get("scale_text"):
-        s = summary["scale_text"]
-        lines += ["## Text scaling", "", f"`{s['checkpoint']}` with its last text_transform layer times "
-                  f"{s['scale_factor']:g}, written to `{s['scaled_checkpoint']}`.", ""]
-        lines += _fusion_table({"before": s["before"], f"x{s['scale_factor']:g}": s["after"]})
-        lines += [f"![alpha]({f})" for f in s["before"]["figures"] + s["after"]["figures"]] + [""]
+    if found.compare:
+        c = found.compare
+        lines += ["## Comparison", "", f"A = `{c.a['checkpoint']}`, B = `{c.b['checkpoint']}`, on the same "
+                  f"{c.crystals} validation crystals.", ""] + _fusion_table({"A": c.a, "B": c.b})
+        lines += [f"![comparison]({c.figure})", ""] if c.figure else []
+    if found.scale_text:
+        s = found.scale_text
+        lines += ["## Text scaling", "", f"`{s.checkpoint}` with its last text_transform layer times "
+                  f"{s.scale_factor:g}, written to `{s.scaled_checkpoint}`.", ""]
+        lines += _fusion_table({"before": s.before, f"x{s.scale_factor:g}": s.after})
+        lines += [f"![alpha]({f})" for f in s.before["figures"] + s.after["figures"]] + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
