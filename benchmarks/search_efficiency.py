@@ -80,7 +80,7 @@ def configurations(spec) -> list[dict[str, Any]]:
         chosen: dict[str, Any] = {}
         base = spec.base.to_dict()
         for param, value in zip(spec.params, values):
-            if all(chosen.get(k, base.get(k)) == v for k, v in param.when):
+            if param.drawn_with(chosen, base):
                 chosen[param.name] = value
         out.append({n: chosen[n] for n in names if n in chosen})
     return list({key_of(c): c for c in out}.values())
@@ -144,13 +144,11 @@ def warm_trials(study, spec, table: dict[str, Any]) -> None:
     """The other target's table as finished trials of the study (what --warm-start gives a real search)."""
     import optuna
 
-    from tune_fusion.warm_start import optuna_distribution
-
     params = {p.name: p for p in spec.params}
     for entry in table["configurations"].values():
         curve = entry["val_mae"]
         study.add_trial(optuna.trial.create_trial(
-            params=entry["params"], distributions={k: optuna_distribution(params[k]) for k in entry["params"]},
+            params=entry["params"], distributions={k: params[k].distribution() for k in entry["params"]},
             value=min(curve), intermediate_values=dict(enumerate(curve, start=1)),
             user_attrs={"warm_start_from": "the other target's table"}))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from tune_fusion.experiment import (
     table_rows,
     usable_trials,
 )
-from tune_fusion.export import checkpoint_config, export_best, load_checkpoint, open_model
+from tune_fusion.export import check_scale_factor, checkpoint_config, export_best, load_checkpoint, open_model
 from tune_fusion.importance import parameter_importance
 from tune_fusion.names import (
     BEST_VAL_MODEL,
@@ -270,8 +269,8 @@ class Request:
 
     def __post_init__(self) -> None:
         check_counts(top_k=self.top_k, diagnose=self.diagnose, crystals=self.crystals, permutations=self.permutations)
-        if self.scale_text is not None and not (math.isfinite(self.scale_text) and self.scale_text > 0):
-            raise ConfigError(f"scale_text={self.scale_text}: the factor must be a finite number > 0, e.g. 12")
+        if self.scale_text is not None:
+            check_scale_factor(self.scale_text)
         if self.experiment is None and not self.compare and not self.checkpoint:
             raise ConfigError("give an experiment or run folder, a checkpoint, or two checkpoints to compare")
         if self.output is None and self.experiment is None:

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from ray import tune
 
-from tune_fusion.names import FINISHED, StopReason
+from tune_fusion.names import CONSOLE_WORDS, trial_outcome
 from tune_fusion.units import with_unit
 
 __all__ = ["TrialLines", "format_value", "quiet_console"]
@@ -22,7 +22,7 @@ __all__ = ["TrialLines", "format_value", "quiet_console"]
 
 class TrialLines(tune.Callback):
     """The console of a quiet search: one line when a trial starts (its searched values) and one when it ends (how,
-    after how many epochs, its best validation MAE with the unit)."""
+    after how many epochs, its best validation MAE with the unit: ``names.CONSOLE_WORDS``)."""
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -40,18 +40,11 @@ class TrialLines(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
-        epochs = result.get("epoch", 0)
-        best = with_unit(result.get("best_val_mae"), self.target)
-        if not result.get(FINISHED):
-            how = f"stopped early by the scheduler after {epochs} epoch(s)"
-        elif StopReason.of(result.get("stop_reason")) in (StopReason.NAN_LOSS, StopReason.TEXT_SCALE_EXPLODED):
-            how = f"diverged at epoch {epochs} ({str(result['stop_reason']).split(':', 1)[0]})"
-        elif StopReason.of(result.get("stop_reason")) is StopReason.CONFIG_ERROR:
-            self._line(f"trial {trial.trial_id} could not train: {result['stop_reason']}")
-            return
-        else:
-            how = f"completed {epochs} epoch(s)"
-        self._line(f"trial {trial.trial_id} {how}; best validation MAE {best}")
+        reason = str(result.get("stop_reason") or "")
+        how = CONSOLE_WORDS[trial_outcome(result)].format(
+            epochs=result.get("epoch", 0), best=with_unit(result.get("best_val_mae"), self.target), reason=reason,
+            why=reason.split(":", 1)[0])
+        self._line(f"trial {trial.trial_id} {how}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(f"trial {trial.trial_id} errored (Ray retries it from its checkpoint; see its error.txt)")

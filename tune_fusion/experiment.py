@@ -21,11 +21,22 @@ from typing import Any
 import numpy as np
 
 from tune_fusion.errors import DataError
-from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, RUN_FILES, SPACE_FILE, Status, StopReason, is_uri
+from tune_fusion.names import (
+    CHECKPOINT_FILE,
+    FINISHED,
+    METRIC,
+    RUN_FILES,
+    SPACE_FILE,
+    STUDY_FILE,
+    Status,
+    is_uri,
+    study_path,
+    trial_outcome,
+)
 from tune_fusion.results import Confirmation, FusedVsGraph
 
 __all__ = ["CONFIRM_SUFFIX", "STALE_AFTER_S", "TrialInfo", "best_of_each_kind", "best_trial",
-           "is_graph_only", "locate_experiment", "read_confirmation", "read_space", "read_trials", "run_folder",
+           "is_graph_only", "locate_experiment", "open_study", "read_confirmation", "read_space", "read_trials", "run_folder",
            "searched_params", "status_counts", "table_rows", "to_confirm", "usable_trials"]
 
 STALE_AFTER_S = 900.0  # a search whose files have not changed for this long is over (or its driver died)
@@ -145,10 +156,7 @@ def _status(rows: list[dict[str, Any]], error: str, ray_state: str, live: bool) 
     last = rows[-1] if rows else {}
     reason = str(last.get("stop_reason") or "")
     if last.get(FINISHED):
-        stop = StopReason.of(reason)
-        if stop is not None and stop.diverged:
-            return Status.DIVERGED, reason
-        return (Status.CONFIG_ERROR if stop is StopReason.CONFIG_ERROR else Status.COMPLETED), reason
+        return trial_outcome(last).status, reason
     if error or ray_state == "ERROR":
         return Status.ERRORED, error or "Ray marked the trial ERROR"
     if last.get("done") or ray_state == "TERMINATED":
@@ -221,6 +229,24 @@ def run_folder(location: str | Path) -> Path | None:
         return None
     folder = Path(location).expanduser().resolve()
     return folder if all((folder / name).is_file() for name in RUN_FILES) else None
+
+
+def open_study(folder: Path, uri: str | None = None) -> tuple[Any, Path | None]:
+    """The experiment's persisted Optuna study (the study named after the folder, else the file's first) and its
+    file: in ``folder``, or, for an experiment given as the ``s3://``/``gs://`` ``uri``, where the search kept it
+    (``names.study_path``). (None, None) when there is no study file, (None, file) when it holds no study. Optuna
+    is imported only here, when asked."""
+    candidates = [folder / STUDY_FILE] + ([study_path(uri.rstrip("/"))] if uri and is_uri(uri) else [])
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        return None, None
+    import optuna
+
+    storage = f"sqlite:///{path}"
+    names = optuna.get_all_study_names(storage)
+    if not names:
+        return None, path
+    return optuna.load_study(study_name=folder.name if folder.name in names else names[0], storage=storage), path
 
 
 def read_space(folder: Path) -> dict[str, Any]:

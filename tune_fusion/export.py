@@ -146,11 +146,16 @@ def export_best(ckpt_path: str | Path, out_dir: str | Path, metrics: Mapping[str
     return out / EXPORT_FILE
 
 
+def check_scale_factor(factor: float) -> None:
+    """A text scale factor must be a finite number > 0: ConfigError otherwise."""
+    if not (math.isfinite(factor) and factor > 0):
+        raise ConfigError(f"scale_text={factor}: the factor must be a finite number > 0, e.g. 12")
+
+
 def scaled_text_state(ckpt: Mapping[str, Any], path: str | Path, factor: float) -> dict[str, torch.Tensor]:
     """The best weights with the last ``text_transform`` Linear of every fused layer multiplied by ``factor``
     (weight and bias, so the transformed text ``u`` is exactly ``factor`` times larger)."""
-    if not math.isfinite(factor) or factor <= 0:
-        raise ConfigError(f"scale_text={factor}: the factor must be a finite number > 0, e.g. 12")
+    check_scale_factor(factor)
     network = build_network(ckpt, path)
     if not len(network.middle_fusion_modules):
         raise ConfigError(f"checkpoint {path} has no middle-fusion layer (use_middle_fusion is off); scaling the "

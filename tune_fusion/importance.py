@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tune_fusion.names import STUDY_FILE, is_copy, is_uri, study_path
+from tune_fusion.experiment import open_study
+from tune_fusion.names import STUDY_FILE, is_copy
 
 __all__ = ["parameter_importance"]
 
@@ -20,17 +21,11 @@ def parameter_importance(folder: Path, experiment: str | None = None) -> tuple[d
     ``experiment`` the study is where the search kept it (``tune_fusion.names.study_path``)."""
     import optuna
 
-    name = folder.name
-    candidates = [folder / STUDY_FILE] + ([study_path(experiment.rstrip("/"))] if experiment and is_uri(experiment)
-                                          else [])
-    found = next((p for p in candidates if p.is_file()), None)
+    stored, found = open_study(folder, experiment)
     if found is None:
-        return {}, f"no Optuna study ({STUDY_FILE}) found for {name}: parameter importance not computed"
-    storage = f"sqlite:///{found}"
-    names = optuna.get_all_study_names(storage)
-    if not names:
+        return {}, f"no Optuna study ({STUDY_FILE}) found for {folder.name}: parameter importance not computed"
+    if stored is None:
         return {}, f"{found} holds no Optuna study: parameter importance not computed"
-    stored = optuna.load_study(study_name=name if name in names else names[0], storage=storage)
     complete = [t for t in stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if not is_copy(t.user_attrs)]  # the trials this search trained, not repeats or warm-start copies
     verbosity = optuna.logging.get_verbosity()

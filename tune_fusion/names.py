@@ -4,8 +4,10 @@ side (analysis). Importing this module imports neither Ray nor Optuna."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 METRIC, MODE = "val_mae", "min"  # what every search optimises: validation MAE only
 FINISHED = "trial_finished"  # 1 on a trial's last report when it ended by itself (epochs, early stop, NaN, ...)
@@ -50,11 +52,6 @@ class StopReason(StrEnum):
         head = str(text or "").split(":", 1)[0].strip()
         return next((reason for reason in cls if reason.value == head), None)
 
-    @property
-    def diverged(self) -> bool:
-        """The run's numbers blew up (no retry can help; lower the learning rate or the text scale)."""
-        return self in (StopReason.NAN_LOSS, StopReason.TEXT_SCALE_EXPLODED)
-
 
 class Status(StrEnum):
     """How a trial of a search ended (or that it has not ended), as the analysis reports it."""
@@ -70,6 +67,46 @@ class Status(StrEnum):
     @property
     def label(self) -> str:
         return self.value.replace("_", " ")
+
+
+class Outcome(StrEnum):
+    """How a trial ended, as its last report tells it (``trial_outcome``): the one decision the study, the console
+    and the analysis all read."""
+
+    COMPLETED = "completed"  # its epochs, or early stopping
+    STOPPED_BY_SCHEDULER = "stopped_by_scheduler"  # it did not end by itself (ASHA, the time budget)
+    NAN_LOSS = "nan_loss"
+    TEXT_SCALE_EXPLODED = "text_scale_exploded"
+    CONFIG_ERROR = "config_error"  # a combination the model cannot have: it trained nothing
+
+    @property
+    def status(self) -> Status:
+        """The analysis' status: both ways of diverging read "diverged"."""
+        return Status.DIVERGED if self in (Outcome.NAN_LOSS, Outcome.TEXT_SCALE_EXPLODED) else Status(self.value)
+
+
+def trial_outcome(last: Mapping[str, Any]) -> Outcome:
+    """How the trial whose last report is ``last`` ended: stopped by the scheduler unless the report says it ended by
+    itself (``trial_finished``), then by its ``stop_reason``."""
+    if not last.get(FINISHED):
+        return Outcome.STOPPED_BY_SCHEDULER
+    stop = StopReason.of(last.get("stop_reason"))
+    return Outcome.COMPLETED if stop in (None, StopReason.EARLY_STOPPING) else Outcome(stop.value)
+
+
+# Outcome -> the state the Optuna study records. Differs from the analysis on purpose: a trial whose text_scale
+# exploded trained and has a best validation MAE, so the sampler learns from its value; a NaN loss has none.
+OPTUNA_STATE = {Outcome.COMPLETED: "COMPLETE", Outcome.STOPPED_BY_SCHEDULER: "PRUNED", Outcome.NAN_LOSS: "FAIL",
+                Outcome.TEXT_SCALE_EXPLODED: "COMPLETE", Outcome.CONFIG_ERROR: "FAIL"}
+# Outcome -> the console's words for it (``tune_fusion.console``), with the trial's epochs, best validation MAE,
+# its stop reason and that reason's name
+CONSOLE_WORDS = {
+    Outcome.COMPLETED: "completed {epochs} epoch(s); best validation MAE {best}",
+    Outcome.STOPPED_BY_SCHEDULER: "stopped early by the scheduler after {epochs} epoch(s); best validation MAE {best}",
+    Outcome.NAN_LOSS: "diverged at epoch {epochs} ({why}); best validation MAE {best}",
+    Outcome.TEXT_SCALE_EXPLODED: "diverged at epoch {epochs} ({why}); best validation MAE {best}",
+    Outcome.CONFIG_ERROR: "could not train: {reason}",
+}
 
 
 def is_uri(path: str) -> bool:

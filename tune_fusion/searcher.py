@@ -13,7 +13,7 @@ from collections.abc import Callable
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_fusion.names import FINISHED, METRIC, REPEAT_OF, StopReason, is_copy
+from tune_fusion.names import METRIC, OPTUNA_STATE, REPEAT_OF, is_copy, trial_outcome
 from tune_fusion.space import SearchSpec
 
 __all__ = ["REPEAT_TRIES", "FusionOptunaSearch", "ask_new", "make_sampler", "tell_if_repeat"]
@@ -55,8 +55,8 @@ def ask_new(study: optuna.Study, ask: Callable[[], optuna.Trial]) -> optuna.Tria
 
 class FusionOptunaSearch(OptunaSearch):
     """OptunaSearch that skips proposals repeating a finished configuration (``ask_new``), tells the study each
-    trial's best validation MAE (not its last epoch's), and records scheduler-stopped trials as PRUNED and
-    NaN-stopped or misconfigured ones as FAIL."""
+    trial's best validation MAE (not its last epoch's), and records each trial in the state its outcome names
+    (``names.OPTUNA_STATE``: scheduler-stopped trials PRUNED, NaN-stopped or misconfigured ones FAIL)."""
 
     def suggest(self, trial_id: str) -> dict | None:
         configs: list[dict | None] = []
@@ -96,12 +96,10 @@ class FusionOptunaSearch(OptunaSearch):
         ot_trial.set_user_attr("ray_trial_id", trial_id)
         if reason:
             ot_trial.set_user_attr("stop_reason", reason)
-        if not result.get(FINISHED):
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-        elif StopReason.of(reason) in (StopReason.NAN_LOSS, StopReason.CONFIG_ERROR):
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-        else:  # the trial's value is its best validation MAE, as in every other selection
+        state = optuna.trial.TrialState[OPTUNA_STATE[trial_outcome(result)]]
+        if state == optuna.trial.TrialState.COMPLETE:  # its value is its best validation MAE, as in every selection
             return super().on_trial_complete(trial_id, {**result, METRIC: result["best_val_mae"]}, error)
+        self._ot_study.tell(ot_trial, state=state)
         self._completed_trials.add(trial_id)
 
 

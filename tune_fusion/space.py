@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 
 from tune_fusion.config import (
@@ -46,6 +47,9 @@ DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TOP_LEVEL = ("dataset", "fixed", "search", "scheduler", "searcher", "resources", "num_samples", "max_concurrent",
              "time_budget_s")
 PARAM_KEYS = ("type", "low", "high", "values", "step", "when")
+
+__all__ = ["DISTRIBUTIONS", "PARAM_KEYS", "TOP_LEVEL", "DefineByRun", "Param", "Resources", "SchedulerSettings",
+           "SearchSpec", "SearcherSettings", "load_spec", "parse_spec", "space_summary"]
 
 
 @dataclass(frozen=True)
@@ -97,14 +101,28 @@ class Param:
     step: float | None = None
     when: tuple[tuple[str, Any], ...] = ()
 
-    def suggest(self, trial: Any) -> Any:
-        """Draw a value from an Optuna trial."""
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """The Optuna distribution this parameter is drawn from (by ``suggest``, and in warm-started studies)."""
         if self.type == "choice":
-            return trial.suggest_categorical(self.name, list(self.values))
+            return optuna.distributions.CategoricalDistribution(list(self.values))
         if self.type == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1))
-        return trial.suggest_float(self.name, self.low, self.high, log=self.type == "loguniform",
-                                   step=self.step if self.type == "uniform" else None)
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), step=int(self.step or 1))
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.type == "loguniform",
+                                                      step=self.step if self.type == "uniform" else None)
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        """Draw a value of ``distribution()`` from an Optuna trial."""
+        found = self.distribution()
+        if isinstance(found, optuna.distributions.CategoricalDistribution):
+            return trial.suggest_categorical(self.name, list(found.choices))
+        if isinstance(found, optuna.distributions.IntDistribution):
+            return trial.suggest_int(self.name, found.low, found.high, step=found.step)
+        return trial.suggest_float(self.name, found.low, found.high, log=found.log, step=found.step)
+
+    def drawn_with(self, chosen: Mapping[str, Any], base: Mapping[str, Any]) -> bool:
+        """Whether this parameter is drawn when the parameters drawn before it took the values ``chosen`` and the
+        other options are ``base``: every condition of its ``when`` holds."""
+        return all(chosen.get(key, base.get(key)) == value for key, value in self.when)
 
 
 @dataclass(frozen=True)
@@ -136,10 +154,10 @@ class DefineByRun:
         self.params = params
         self.base = base.to_dict()
 
-    def __call__(self, trial: Any) -> None:
+    def __call__(self, trial: optuna.Trial) -> None:
         chosen: dict[str, Any] = {}
         for param in self.params:
-            if all(chosen.get(key, self.base.get(key)) == value for key, value in param.when):
+            if param.drawn_with(chosen, self.base):
                 chosen[param.name] = param.suggest(trial)
 
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import optuna
 
 from tune_fusion.errors import ConfigError
-from tune_fusion.names import REPEAT_OF, WARM_START_FROM, study_path
+from tune_fusion.experiment import open_study
+from tune_fusion.names import REPEAT_OF, STUDY_FILE, WARM_START_FROM
 from tune_fusion.space import SearchSpec
 
-__all__ = ["feed_earlier_trials", "optuna_distribution"]
+__all__ = ["feed_earlier_trials"]
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +27,12 @@ def feed_earlier_trials(experiment: str | Path, spec: SearchSpec, storage: optun
     """Warm start: copy the finished trials (completed, and stopped early with their per-epoch values) of an earlier
     search's study into the new study ``name``, checked against the new space; returns how many were copied."""
     earlier = Path(experiment).expanduser().resolve()
-    path = study_path(str(earlier))
-    if not path.is_file():
-        raise ConfigError(f"warm start from {earlier}: no Optuna study ({path.name}) there; give the folder of an "
+    old, path = open_study(earlier)
+    if path is None:
+        raise ConfigError(f"warm start from {earlier}: no Optuna study ({STUDY_FILE}) there; give the folder of an "
                           "earlier search that run_search.py printed as 'experiment:'")
-    source = f"sqlite:///{path}"
-    studies = optuna.get_all_study_names(source)
-    if not studies:
+    if old is None:
         raise ConfigError(f"warm start from {earlier}: {path} holds no study")
-    old = optuna.load_study(study_name=earlier.name if earlier.name in studies else studies[0], storage=source)
     wanted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = [t for t in old.get_trials(deepcopy=False, states=wanted) if REPEAT_OF not in t.user_attrs]
     params = {p.name: p for p in spec.params}
@@ -45,7 +42,7 @@ def feed_earlier_trials(experiment: str | Path, spec: SearchSpec, storage: optun
                           f"{spec.source}; search them too, or warm-start from a search of a compatible space")
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True)
     for trial in finished:
-        distributions = {k: optuna_distribution(params[k]) for k in trial.params}
+        distributions = {k: params[k].distribution() for k in trial.params}
         try:
             study.add_trial(optuna.trial.create_trial(
                 params=trial.params, distributions=distributions, values=trial.values, state=trial.state,
@@ -57,12 +54,3 @@ def feed_earlier_trials(experiment: str | Path, spec: SearchSpec, storage: optun
     log.info("warm start: %d earlier trials from %s", len(finished), earlier)
     return len(finished)
 
-
-def optuna_distribution(param: Any) -> optuna.distributions.BaseDistribution:
-    """The Optuna distribution ``Param.suggest`` draws from."""
-    if param.type == "choice":
-        return optuna.distributions.CategoricalDistribution(list(param.values))
-    if param.type == "int":
-        return optuna.distributions.IntDistribution(int(param.low), int(param.high), step=int(param.step or 1))
-    return optuna.distributions.FloatDistribution(param.low, param.high, log=param.type == "loguniform",
-                                                  step=param.step if param.type == "uniform" else None)
