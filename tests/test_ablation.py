@@ -13,9 +13,10 @@ import torch
 from tests.conftest import tiny_config
 from tune_fusion import analysis, diagnostics
 from tune_fusion.ablation import neutral_text, shuffles, text_ablation
+from tune_fusion.checkpoint import save_checkpoint
 from tune_fusion.data import TextOverride, prepare
 from tune_fusion.export import export_best
-from tune_fusion.train import fit, save_checkpoint
+from tune_fusion.train import fit
 
 FUSED = {"use_middle_fusion": True, "middle_fusion_layers": "1", "use_cross_modal": True,
          "middle_fusion_use_learnable_scale": True}

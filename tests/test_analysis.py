@@ -22,6 +22,7 @@ from jarvis.core.specie import atomic_numbers_to_symbols
 
 from tests.conftest import REPO, trial_rows
 from tune_fusion import analysis
+from tune_fusion.checkpoint import load_checkpoint
 from tune_fusion.data import make_loader
 from tune_fusion.diagnostics import compare, diagnose, first_of_split, scale_text
 from tune_fusion.errors import DataError
@@ -35,7 +36,7 @@ from tune_fusion.experiment import (
     to_confirm,
     usable_trials,
 )
-from tune_fusion.export import load_checkpoint, open_model
+from tune_fusion.export import open_model
 from tune_fusion.names import METRIC, Status
 
 pytestmark = pytest.mark.slow

@@ -91,6 +91,7 @@ CASES = [
      "valid indices 0..3"),
     ("train", lambda t: ["--batch_size", "sixty", "--output_dir", str(t / "o")], "batch_size='sixty' is not a valid int"),
     ("train", lambda t: ["--resume", "--output_dir", str(t / "o")], "last_checkpoint.pt does not exist"),
+    ("train", lambda t: ["--resume", "--output_dir", cut_last_checkpoint(t)], "cannot be read"),
     ("train", lambda t: ["--dataset", "jarvis", "--output_dir", str(t / "o")], "needs --root_dir"),
     ("train", lambda t: ["--config", str(t / "missing.json")], "cannot read it"),
     ("prepare", lambda t: ["--dataset", str(t / "missing.json"), "--cache_dir", str(t / "c")], "not found"),
@@ -131,6 +132,14 @@ def corrupt_checkpoint(tmp: Path) -> str:
     path.parent.mkdir()
     path.write_bytes(b"PK\x03\x04 truncated")
     return str(path)
+
+
+def cut_last_checkpoint(tmp: Path) -> str:
+    """An output folder whose last_checkpoint.pt was cut mid-write; returns the --output_dir."""
+    path = tmp / "in" / "formation_energy_peratom" / "last_checkpoint.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04 truncated")
+    return str(tmp / "in")
 
 
 def foreign_checkpoint(tmp: Path) -> str:

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config, write_space
+from tune_fusion.checkpoint import save_checkpoint
 from tune_fusion.export import load_model
-from tune_fusion.train import fit, save_checkpoint
+from tune_fusion.train import fit
 
 pytestmark = pytest.mark.cuda
 NO_GPU = "no CUDA device is visible here; benchmarks/gpu_check.sh runs this case on a GPU machine"

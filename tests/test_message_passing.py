@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
+from tune_fusion.checkpoint import save_checkpoint
 from tune_fusion.data import make_loader
 from tune_fusion.errors import ConfigError
 from tune_fusion.export import load_model, open_model
 from tune_fusion.model import FusionNetwork
 from tune_fusion.model import message_passing as mp
-from tune_fusion.train import fit, save_checkpoint
+from tune_fusion.train import fit
 
 MODELS = {
     "graph_only": {"graph_only": True},

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tune_fusion.checkpoint import checkpoint_config
 from tune_fusion.data import load, make_loader
 from tune_fusion.data.batching import Standardizer
 from tune_fusion.data.cache import shard_folders
 from tune_fusion.data.publish import fetch, publish
 from tune_fusion.errors import DataError
-from tune_fusion.export import checkpoint_config
 
 
 def test_publish_then_fetch_gives_the_same_batches(prepared, tmp_path):

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from tests.conftest import REPO, tiny_config
+from tune_fusion.checkpoint import save_checkpoint
 from tune_fusion.config import SAMPLE_DATASET
 from tune_fusion.data import Standardizer, prepare
 from tune_fusion.errors import ConfigError
-from tune_fusion.train import fit, parameter_groups, save_checkpoint, start_run
+from tune_fusion.train import fit, parameter_groups, start_run
 from tune_fusion.train.__main__ import main as train_main
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from tune_fusion import diagnostics, plots
 from tune_fusion.ablation import text_ablation
+from tune_fusion.checkpoint import checkpoint_config, load_checkpoint
 from tune_fusion.errors import ConfigError, DataError
 from tune_fusion.experiment import (
     TrialInfo,
@@ -37,7 +38,7 @@ from tune_fusion.experiment import (
     table_rows,
     usable_trials,
 )
-from tune_fusion.export import check_scale_factor, checkpoint_config, export_best, load_checkpoint, open_model
+from tune_fusion.export import check_scale_factor, export_best, open_model
 from tune_fusion.importance import parameter_importance
 from tune_fusion.names import (
     BEST_VAL_MODEL,

@@ -13,13 +13,13 @@ from typing import Any
 import ray
 from ray import tune
 
+from tune_fusion.checkpoint import load_checkpoint
 from tune_fusion.cluster import connect
 from tune_fusion.config import Config
 from tune_fusion.console import quiet_console
 from tune_fusion.data import prepare
 from tune_fusion.errors import ConfigError
 from tune_fusion.experiment import CONFIRM_SUFFIX, read_space, read_trials, to_confirm, usable_trials
-from tune_fusion.export import load_checkpoint
 from tune_fusion.names import METRIC, MODE
 from tune_fusion.search import check_experiment, make_run_config, make_trainable, publish_on_cluster, trial_name
 

@@ -27,13 +27,14 @@ from jarvis.core.specie import atomic_numbers_to_symbols
 from torch.nn import functional as F
 
 from tune_fusion import plots
+from tune_fusion.checkpoint import load_checkpoint, plain_checkpoint, save_checkpoint
 from tune_fusion.data import Batch, PreparedData
 from tune_fusion.errors import DataError
-from tune_fusion.export import load_checkpoint, load_weights, open_model, plain_checkpoint, scaled_text_state
+from tune_fusion.export import load_weights, open_model, scaled_text_state
 from tune_fusion.model import ModelOutput
 from tune_fusion.report import write_csv
 from tune_fusion.results import Comparison, TextScaling, as_dict
-from tune_fusion.train import TrainedModel, save_checkpoint
+from tune_fusion.train import TrainedModel
 
 log = logging.getLogger(__name__)
 

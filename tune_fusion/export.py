@@ -1,4 +1,5 @@
-"""Checkpoints in and out: read and check one, rebuild its run on the prepared data, export it, predict with it.
+"""A checkpoint's model back in use: rebuild its network and its run on the prepared data, export it, rescale its
+text, predict with it. The checkpoint format itself (reading, checking, writing) is ``tune_fusion.checkpoint``'s.
 
 An exported ``best_model.pt`` is plain data (``torch.load(..., weights_only=True)``) whose ``model`` key holds the
 best-by-validation state dict, so the original research tools that read ``ckpt['model']`` keep working.
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from jarvis.core.atoms import Atoms
 
-from tune_fusion import __version__
+from tune_fusion.checkpoint import checkpoint_config, load_checkpoint, plain_checkpoint, save_checkpoint, weights
 from tune_fusion.config import Config
 from tune_fusion.data import PreparedData, Standardizer, make_loader, prepare
 from tune_fusion.data.arrays import TextArrays
@@ -31,50 +32,11 @@ from tune_fusion.data.graphs import build_chunk, graph_arrays
 from tune_fusion.data.text import describe
 from tune_fusion.errors import ConfigError, DataError
 from tune_fusion.model import FusionNetwork
-from tune_fusion.train import TrainedModel, pick_device, place_model, predict, save_checkpoint
+from tune_fusion.train import TrainedModel, pick_device, place_model, predict
 
 log = logging.getLogger(__name__)
 
-REQUIRED_KEYS = ("config", "dataset_fingerprint", "standardizer", "dims")
 EXPORT_FILE = "best_model.pt"
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A trial's ``checkpoint.pt``, a standalone ``best_val_model.pt`` or an exported ``best_model.pt``, checked
-    for the keys analysis needs; raises DataError naming the file when it is missing, unreadable or incomplete."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist; give a trial's checkpoint_*/checkpoint.pt or an "
-                        "exported best_model.pt")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types on a truncated or foreign file
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise DataError(f"checkpoint {path} cannot be read ({reason}); it is corrupt or not a tune-fusion "
-                        "checkpoint: use the trial's other checkpoint_* folder or retrain") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if isinstance(ckpt, dict) and "best_model" not in ckpt and "model" not in ckpt:
-        missing.append("model")
-    if missing:
-        raise DataError(f"checkpoint {path} lacks {', '.join(missing)}; it is corrupt or was not written by "
-                        "tune-fusion: use a trial's checkpoint.pt or an exported best_model.pt")
-    return ckpt
-
-
-def weights(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The best-by-validation state dict (``best_model`` in trial checkpoints, ``model`` in exported ones)."""
-    return ckpt.get("best_model") or ckpt["model"]
-
-
-def checkpoint_config(ckpt: Mapping[str, Any], path: str | Path) -> Config:
-    """The full config stored in the checkpoint, validated. Checkpoints made before ``text_vector`` existed read
-    the whole-text vector (``truncated``), as they were trained."""
-    values = dict(ckpt["config"])
-    values.setdefault("text_vector", "truncated")
-    try:
-        return Config.from_dict(values, source=f"checkpoint {path}")
-    except ConfigError as err:
-        raise DataError(f"{err} (the stored config does not fit this version of tune-fusion)") from None
 
 
 def build_network(ckpt: Mapping[str, Any], path: str | Path) -> FusionNetwork:
@@ -120,15 +82,6 @@ def open_model(ckpt: Mapping[str, Any], path: str | Path, device: str = "auto", 
     target = pick_device(device)
     model = place_model(build_network(ckpt, path), target, graph_backend)
     return TrainedModel(cfg, data, model, Standardizer(**ckpt["standardizer"]), target)
-
-
-def plain_checkpoint(ckpt: Mapping[str, Any], state: Mapping[str, torch.Tensor], metrics: Mapping[str, Any],
-                     source: str | Path) -> dict[str, Any]:
-    """The exported form: ``model`` = ``state``, with config, metrics, data identity and where it came from."""
-    keep = ("config", "dataset_fingerprint", "split_ids", "standardizer", "dims")
-    return {"model": {k: v.detach().cpu() for k, v in state.items()}, **{k: ckpt[k] for k in keep if k in ckpt},
-            "epoch": ckpt.get("best_epoch", ckpt.get("epoch")), "val_mae": ckpt.get("val_mae"),
-            "metrics": dict(metrics), "source": str(source), "version": __version__}
 
 
 def export_best(ckpt_path: str | Path, out_dir: str | Path, metrics: Mapping[str, Any]) -> Path:

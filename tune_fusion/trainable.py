@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,23 +16,26 @@ import ray
 import torch
 from ray import tune
 
+from tune_fusion.checkpoint import load_checkpoint, save_checkpoint
 from tune_fusion.config import Config
 from tune_fusion.data import load
 from tune_fusion.data.publish import fetch
-from tune_fusion.errors import TuneFusionError
+from tune_fusion.errors import DataError, TuneFusionError
 from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, StopReason
 from tune_fusion.train import fit
 
 if TYPE_CHECKING:
     from ray.train._internal.storage import StorageContext
 
+__all__ = ["load_trial_checkpoint", "newest_checkpoint", "train_trial"]
+
 log = logging.getLogger(__name__)
 
 
 def load_trial_checkpoint(checkpoint: tune.Checkpoint) -> dict[str, Any]:
-    """The plain-data checkpoint inside a Tune checkpoint directory."""
+    """The plain-data checkpoint inside a Tune checkpoint directory, checked (DataError when unusable)."""
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        return load_checkpoint(Path(folder) / CHECKPOINT_FILE)
 
 
 def newest_checkpoint(storage: StorageContext) -> dict[str, Any] | None:
@@ -49,8 +51,8 @@ def newest_checkpoint(storage: StorageContext) -> dict[str, Any] | None:
     for folder in folders:
         try:
             return load_trial_checkpoint(tune.Checkpoint(folder, filesystem=storage.storage_filesystem))
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):  # a write cut short by a kill:
-            continue  # the one before is whole
+        except (OSError, DataError):  # a write cut short by a kill: the one before is whole
+            continue
     return None
 
 
@@ -86,7 +88,7 @@ def train_trial(params: dict[str, Any], cache_name: str, published: str | None, 
         finished = bool(metrics["stop_reason"]) or metrics["epoch"] >= cfg.train.epochs
         value = metrics[METRIC] if math.isfinite(metrics[METRIC]) else math.inf
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(state, Path(folder) / CHECKPOINT_FILE)
+            save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
             tune.report({**metrics, **placement, METRIC: value, FINISHED: int(finished)},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 

@@ -17,7 +17,6 @@ import copy
 import csv
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -30,13 +29,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tune_fusion import __version__
+from tune_fusion.checkpoint import restore_run, run_state
 from tune_fusion.config import Config
 from tune_fusion.data import Batch, PreparedData, Standardizer, TextOverride, make_loader
-from tune_fusion.errors import DataError
 from tune_fusion.model import FusionNetwork, ModelOutput, contrastive_loss
 from tune_fusion.model.message_passing import resolve_backend
-from tune_fusion.names import StopReason
+from tune_fusion.names import OLD_PREDICTIONS_FILE, PREDICTIONS_FILE, StopReason
 
 log = logging.getLogger(__name__)
 
@@ -143,67 +141,19 @@ class Run(TrainedModel):
     stop_reason: str = ""
 
     def checkpoint(self) -> dict[str, Any]:
-        """Plain data (tensors and JSON values) that ``torch.load(..., weights_only=True)`` reads back.
-
-        ``model`` holds the current weights (to resume), ``best_model`` the best-by-validation weights.
-        """
-        return {
-            "model": self.model.state_dict(),
-            "best_model": self.best_state or self.model.state_dict(),
-            "config": self.cfg.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch,
-            "val_mae": self.best_val_mae,
-            "best_epoch": self.best_epoch,
-            "history": self.history,
-            "stop_reason": self.stop_reason,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            **data_identity(self.data, self.standardizer),
-            "version": __version__,
-        }
+        """Plain data (tensors and JSON values) that ``torch.load(..., weights_only=True)`` reads back: the format
+        is ``tune_fusion.checkpoint``'s (``model`` the current weights, ``best_model`` the best-by-validation ones)."""
+        return run_state(self)
 
     def resume(self, ckpt: dict[str, Any]) -> None:
         """Continue from ``ckpt`` (same data, same schedule position)."""
-        if ckpt.get("dataset_fingerprint") != self.data.fingerprint:
-            raise DataError(f"the checkpoint was trained on prepared data {ckpt.get('dataset_fingerprint')}, not on "
-                            f"{self.data.fingerprint}; resume with the same dataset and data settings")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["lr_scheduler"])
-        self.epoch, self.best_val_mae, self.best_epoch = ckpt["epoch"], ckpt["val_mae"], ckpt["best_epoch"]
-        self.best_state = ckpt["best_model"]
-        self.history = list(ckpt["history"])
-        self.stop_reason = ckpt.get("stop_reason", "")
-        torch.set_rng_state(ckpt["rng"]["torch"])  # dropout continues where it was
-        if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        restore_run(self, ckpt)
 
     def best(self) -> TrainedModel:
         """The run's best-by-validation weights as a model of their own (the run's model is left as it is)."""
         model = copy.deepcopy(self.model)
         model.load_state_dict(self.best_state or self.model.state_dict())
         return TrainedModel(self.cfg, self.data, model, self.standardizer, self.device)
-
-
-def save_checkpoint(obj: dict[str, Any], path: Path) -> Path:
-    """``torch.save`` through a temporary file renamed into place: a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def data_identity(data: PreparedData, standardizer: Standardizer) -> dict[str, Any]:
-    """What a checkpoint stores about its data: fingerprint, split ids, target scaling, input sizes."""
-    return {
-        "dataset_fingerprint": data.fingerprint,
-        "split_ids": data.split_ids(),
-        "standardizer": {"mean": standardizer.mean, "std": standardizer.std},
-        "dims": {"atom_feature_dim": data.atom_feature_dim, "text_dim": data.text_dim},
-    }
 
 
 def place_model(model: FusionNetwork, device: torch.device, graph_backend: str = "auto") -> FusionNetwork:
@@ -326,10 +276,6 @@ def fit(cfg: Config, data: PreparedData, on_epoch: EpochCallback | None = None,
         if on_epoch is not None:
             on_epoch(metrics, run)
     return run
-
-
-PREDICTIONS_FILE = "test_predictions.csv"  # jid,target,prediction of the test split, in the target's units
-OLD_PREDICTIONS_FILE = "predictions_test.csv"  # the name standalone runs used before; still read
 
 
 def test_once(trained: TrainedModel, out: Path) -> dict[str, Any]:

@@ -13,14 +13,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from tune_fusion.checkpoint import load_checkpoint, save_checkpoint, standalone_best
 from tune_fusion.cli import add_config_options, config_overrides, run
 from tune_fusion.config import Config, check_same_run, read_config_file
 from tune_fusion.data import prepare
 from tune_fusion.data.sources import published_layout
 from tune_fusion.errors import ConfigError, DataError
-from tune_fusion.train import fit, save_checkpoint, test_once
+from tune_fusion.names import BEST_VAL_MODEL, HISTORY_TRAIN, HISTORY_VAL, LAST_CHECKPOINT, RUN_CONFIG, RUN_METRICS
+from tune_fusion.train import fit, test_once
 from tune_fusion.units import unit, with_unit
 
 log = logging.getLogger(__name__)
@@ -50,32 +50,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(cfg.train.output_dir).expanduser() / cfg.data.target
     resume = None
     if str(args.resume).lower() in {"true", "1", "yes"}:
-        last = out / "last_checkpoint.pt"
+        last = out / LAST_CHECKPOINT
         if not last.is_file():
             raise DataError(f"--resume: {last} does not exist; run once without --resume first")
-        resume = torch.load(last, map_location="cpu", weights_only=True)
+        resume = load_checkpoint(last)
         check_same_run(cfg, resume["config"], last)
     data, _ = prepare(cfg.data)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    (out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
 
     def on_epoch(metrics: dict[str, Any], state) -> None:
         ckpt = state.checkpoint()
-        save_checkpoint(ckpt, out / "last_checkpoint.pt")
+        save_checkpoint(ckpt, out / LAST_CHECKPOINT)
         if state.best_epoch == state.epoch:
-            save_checkpoint({**ckpt, "model": ckpt["best_model"]}, out / "best_val_model.pt")
+            save_checkpoint(standalone_best(ckpt), out / BEST_VAL_MODEL)
 
     trained = fit(cfg, data, on_epoch=on_epoch, checkpoint=resume)
     history = trained.history
-    (out / "history_train.json").write_text(json.dumps([{k: v for k, v in h.items() if not k.startswith("val")}
+    (out / HISTORY_TRAIN).write_text(json.dumps([{k: v for k, v in h.items() if not k.startswith("val")}
                                                         for h in history], indent=1))
-    (out / "history_val.json").write_text(json.dumps([{"epoch": h["epoch"], "val_mae": h["val_mae"],
+    (out / HISTORY_VAL).write_text(json.dumps([{"epoch": h["epoch"], "val_mae": h["val_mae"],
                                                        "val_rmse": h["val_rmse"]} for h in history], indent=1))
     metrics = {"target": cfg.data.target, "unit": unit(cfg.data.target), "best_epoch": trained.best_epoch,
                "val_mae": trained.best_val_mae, "stop_reason": trained.stop_reason, "epochs_run": trained.epoch}
     test = test_once(trained.best(), out)  # once, with the best-by-validation weights
     metrics.update({k: v for k, v in test.items() if k.startswith("test_")})
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / RUN_METRICS).write_text(json.dumps(metrics, indent=2))
     log.info("best validation MAE %s at epoch %d; test MAE (evaluated once) %s; outputs in %s",
              with_unit(trained.best_val_mae, cfg.data.target), trained.best_epoch,
              with_unit(metrics.get("test_mae"), cfg.data.target), out)
