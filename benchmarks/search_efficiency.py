@@ -90,7 +90,7 @@ def configurations(spec) -> list[dict[str, Any]]:
 
 def record(target: str, args: argparse.Namespace) -> Path:
     """Train every configuration to its last epoch once (FIFO, ``--concurrency`` at once); returns the table."""
-    from tune_fusion.cluster import connect
+    from tune_fusion.cluster import connect, parallel_map
     from tune_fusion.confirm import run_configurations
     from tune_fusion.data import prepare
     from tune_fusion.space import parse_spec
@@ -100,7 +100,7 @@ def record(target: str, args: argparse.Namespace) -> Path:
     jobs = [{"config": {**spec.base.to_dict(), **c}, "confirms": key_of(c)} for c in configs]
     with tempfile.TemporaryDirectory() as storage:
         connect(verbose=False)
-        data, _ = prepare(spec.base.data)
+        data, _ = prepare(spec.base.data, parallel_map)
         results = run_configurations(jobs, data.path.name, None, {"cpu": 1, "gpu": 0}, args.concurrency, "record",
                                      storage, False, target)
         table = {}

@@ -18,6 +18,8 @@ import sys
 import types
 from pathlib import Path
 
+__all__ = ["graphbolt_available", "install_graphbolt_stub"]
+
 log = logging.getLogger(__name__)
 
 

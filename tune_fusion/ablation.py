@@ -29,6 +29,8 @@ from tune_fusion.errors import DataError
 from tune_fusion.train import TrainedModel
 from tune_fusion.units import with_unit
 
+__all__ = ["SHUFFLE_SEED", "Effect", "neutral_text", "shuffles", "text_ablation", "verdict"]
+
 SHUFFLE_SEED = 0
 
 

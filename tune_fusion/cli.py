@@ -11,6 +11,8 @@ from typing import Any
 from tune_fusion.config import FIELDS, KEY_ALIASES, option_help, option_type
 from tune_fusion.errors import TuneFusionError
 
+__all__ = ["add_config_options", "config_overrides", "run"]
+
 
 def add_config_options(parser: argparse.ArgumentParser, sections: Iterable[str]) -> None:
     """One flag per option of ``sections`` (``--batch_size`` and ``--batch-size`` both work; booleans take

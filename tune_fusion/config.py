@@ -24,6 +24,11 @@ from typing import Any
 
 from tune_fusion.errors import ConfigError, prefixed
 
+__all__ = ["DEFAULT_TEXT_ENCODER", "FIELDS", "GRAPH_BACKENDS", "KEY_ALIASES", "NOT_SEARCHED", "PACKAGE_ROOT",
+           "PLACE_OPTIONS", "SAMPLE_DATASET", "SECTIONS", "TARGET_ALIASES", "TEXT_VECTORS", "Config", "DataConfig",
+           "ModelConfig", "TrainConfig", "cache_fields", "check_same_run", "coerce", "option_help", "option_type",
+           "parse_layers", "read_config_file", "suggest", "validate"]
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATASET = PACKAGE_ROOT / "data" / "jarvis_dft3d_800.json.gz"
 DEFAULT_TEXT_ENCODER = "all-minilm-l6-v2"

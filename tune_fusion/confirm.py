@@ -14,7 +14,7 @@ import ray
 from ray import tune
 
 from tune_fusion.checkpoint import load_checkpoint
-from tune_fusion.cluster import connect
+from tune_fusion.cluster import connect, parallel_map
 from tune_fusion.config import Config
 from tune_fusion.console import quiet_console
 from tune_fusion.data import prepare
@@ -45,7 +45,7 @@ def confirm(experiment: str | Path, top_k: int = 3, seeds: int = 3, address: str
     started = connect(address, verbose=verbose)
     quiet_console(verbose)
     try:
-        data, _ = prepare(Config.from_dict(jobs[0]["config"]).data)
+        data, _ = prepare(Config.from_dict(jobs[0]["config"]).data, parallel_map)
         published = publish_on_cluster(data, str(folder.parent), address)
         run_configurations(jobs, data.path.name, published, space.get("resources", {"cpu": 1, "gpu": 0}),
                            space.get("max_concurrent", 2), name, str(folder.parent), verbose,

@@ -36,6 +36,10 @@ from tune_fusion.report import write_csv
 from tune_fusion.results import Comparison, TextScaling, as_dict
 from tune_fusion.train import TrainedModel
 
+__all__ = ["LOW_COSINE", "NORM_RATIO_RANGE", "TEXT_SCALE_COLLAPSING", "TEXT_SCALE_EXPLODING", "Diagnosis",
+           "atom_measures", "compare", "diagnose", "diagnose_checkpoint", "first_of_split", "fusion_warnings",
+           "indices_for_ids", "scale_text", "write_diagnosis"]
+
 log = logging.getLogger(__name__)
 
 

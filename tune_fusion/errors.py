@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+__all__ = ["ConfigError", "DataError", "TuneFusionError", "prefixed"]
+
 
 class TuneFusionError(Exception):
     """Base class: the message names the input, the problem and the fix."""

@@ -34,6 +34,9 @@ from tune_fusion.errors import ConfigError, DataError
 from tune_fusion.model import FusionNetwork
 from tune_fusion.train import TrainedModel, pick_device, place_model, predict
 
+__all__ = ["EXPORT_FILE", "FusionPredictor", "build_network", "check_scale_factor", "export_best", "load_model",
+           "load_weights", "open_model", "scaled_text_state"]
+
 log = logging.getLogger(__name__)
 
 EXPORT_FILE = "best_model.pt"

@@ -9,6 +9,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+__all__ = ["BEST_VAL_MODEL", "CHECKPOINT_FILE", "CONSOLE_WORDS", "DEFAULT_STORAGE", "FINISHED", "HISTORY_TRAIN",
+           "HISTORY_VAL", "LAST_CHECKPOINT", "METRIC", "MODE", "OLD_PREDICTIONS_FILE", "OPTUNA_STATE",
+           "PREDICTIONS_FILE", "REPEAT_OF", "RUN_CONFIG", "RUN_FILES", "RUN_METRICS", "SPACE_FILE", "STUDY_FILE",
+           "WARM_START_FROM", "Outcome", "Status", "StopReason", "experiment_dir", "is_copy", "is_uri", "study_path",
+           "trial_outcome"]
+
 METRIC, MODE = "val_mae", "min"  # what every search optimises: validation MAE only
 FINISHED = "trial_finished"  # 1 on a trial's last report when it ended by itself (epochs, early stop, NaN, ...)
 CHECKPOINT_FILE = "checkpoint.pt"  # inside each of a trial's checkpoint_* folders

@@ -23,6 +23,9 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from tune_fusion.names import Status
 from tune_fusion.units import axis_label
 
+__all__ = ["FUSION_CAPTION", "FUSION_METRICS", "STATUS_STYLE", "alpha_figures", "fusion_summary", "importance_bar",
+           "learning_curves", "params_vs_metric", "parity", "save", "text_ablation_bars", "text_scale_curves"]
+
 # trial status -> (line style, marker at the last epoch, colour)
 STATUS_STYLE = {
     Status.COMPLETED: ("-", "o", "tab:blue"),

@@ -20,7 +20,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from tune_fusion.cluster import check_resources, check_shared, connect
+from tune_fusion.cluster import check_resources, check_shared, connect, parallel_map
 from tune_fusion.console import TrialLines, quiet_console
 from tune_fusion.data import prepare
 from tune_fusion.data.publish import publish, published_root
@@ -160,7 +160,7 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
     try:
         check_resources(spec, local=address is None)
         check_shared(storage, "storage")
-        data, built = prepare(spec.base.data)
+        data, built = prepare(spec.base.data, parallel_map)  # Ray tasks: every node of a cluster helps
         log.info("prepared data %s (%s)", data.path, "built now" if built else "already prepared")
         published = publish_on_cluster(data, storage, address)
         if not is_uri(exp_dir):  # what the analysis needs to know of the space (log-scale axes, units)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["TARGET_UNITS", "UNKNOWN", "axis_label", "unit", "with_unit"]
+
 # dft_3d key -> unit (from the JARVIS-DFT documentation; energies per atom are eV/atom)
 TARGET_UNITS = {
     "formation_energy_peratom": "eV/atom",

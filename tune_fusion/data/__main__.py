@@ -13,6 +13,8 @@ import time
 from tune_fusion.cli import add_config_options, config_overrides, run
 from tune_fusion.config import Config
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tune_fusion.data", description=__doc__,
@@ -23,10 +25,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from tune_fusion.data import prepare, summary
+    from tune_fusion.data.pool import process_map
 
     cfg = Config.from_dict(config_overrides(args), source="command line")
     start = time.perf_counter()
-    data, built = prepare(cfg.data)
+    data, built = prepare(cfg.data, process_map)  # local processes: no Ray
     report = {"status": "built" if built else "already prepared", "seconds": round(time.perf_counter() - start, 2),
               **summary(data)}
     print(json.dumps(report, indent=2))

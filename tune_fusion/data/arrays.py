@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["KEYS_FILE", "MAX_Z", "CrystalGraph", "FlatArrays", "GraphArrays", "TextArrays", "merged_feature_table"]
+
 MAX_Z = 119  # atomic numbers 1..118; row 0 is unused
 KEYS_FILE = "keys.json"  # written last: a folder without it is incomplete and never opened
 

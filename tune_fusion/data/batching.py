@@ -13,6 +13,9 @@ from torch.utils.data import DataLoader, Dataset
 from tune_fusion.data.arrays import CrystalGraph
 from tune_fusion.data.cache import PreparedData
 
+__all__ = ["TEXT_ARRAYS", "Batch", "CrystalDataset", "Standardizer", "TextOverride", "graph_tensors", "make_loader",
+           "text_tensors"]
+
 TEXT_ARRAYS = {"sentence_mean": "text_mean", "truncated": "text"}  # DataConfig.text_vector -> stored array
 
 

@@ -31,17 +31,20 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from tune_fusion.cluster import parallel_map
 from tune_fusion.config import DataConfig, cache_fields
 from tune_fusion.data.arrays import GraphArrays, TextArrays, merged_feature_table
 from tune_fusion.data.embed import check_encoder, embed_texts, text_key
 from tune_fusion.data.graphs import build_chunk, graph_arrays
+from tune_fusion.data.pool import MapFunction, process_map
 from tune_fusion.data.records import Record, RecordReport, build_records
 from tune_fusion.data.sources import Source, locate, read_entries, sidecar_path
 from tune_fusion.data.split import split_indices
 from tune_fusion.data.store import ShardStore, settings_key
 from tune_fusion.data.text import DescriptionStore, fill_descriptions, structure_hash
 from tune_fusion.errors import DataError
+
+__all__ = ["CACHE_VERSION", "GRAPH_CHUNK", "SPLITS", "PreparedData", "cache_key", "cache_path", "graph_store_key",
+           "is_complete", "load", "prepare", "shard_folders", "summary", "text_store_key"]
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +127,11 @@ def is_complete(path: Path) -> bool:
     return (path / "meta.json").is_file()
 
 
-def prepare(cfg: DataConfig) -> tuple[PreparedData, bool]:
-    """Open the cache for ``cfg``, building it first if needed; returns (data, whether this call built it)."""
+def prepare(cfg: DataConfig, parallel_map: MapFunction = process_map) -> tuple[PreparedData, bool]:
+    """Open the cache for ``cfg``, building it first if needed; returns (data, whether this call built it).
+
+    A build spreads graph construction and text generation with ``parallel_map``: local processes by default, Ray
+    tasks over a cluster when a search passes ``tune_fusion.cluster.parallel_map``."""
     source = locate(cfg.dataset, cfg.cache_dir)
     path = cache_path(cfg, source)
     if not is_complete(path):
@@ -133,7 +139,7 @@ def prepare(cfg: DataConfig) -> tuple[PreparedData, bool]:
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
             if not is_complete(path):  # another process may have built it while we waited
-                _build(cfg, source, path)
+                _build(cfg, source, path, parallel_map)
                 return load(path), True
     return load(path), False
 
@@ -164,7 +170,7 @@ def load(path: str | Path) -> PreparedData:
                         torch.from_numpy(np.array(arrays["targets"], dtype=np.float64)))
 
 
-def _build(cfg: DataConfig, source: Source, path: Path) -> None:
+def _build(cfg: DataConfig, source: Source, path: Path, parallel_map: MapFunction) -> None:
     start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -173,7 +179,7 @@ def _build(cfg: DataConfig, source: Source, path: Path) -> None:
 
     records, report = build_records(source, read_entries(source, cfg.target), cfg.max_structures)
     lap("records_s")
-    records, graph_refs = _graph_rows(records, cfg, path.parent, report)
+    records, graph_refs = _graph_rows(records, cfg, path.parent, report, parallel_map)
     lap("graphs_s")
     store = DescriptionStore(Path(cfg.cache_dir).expanduser() / "descriptions.csv.gz")
     texts, text_counts = fill_descriptions([r.jid for r in records], [r.atoms for r in records],
@@ -232,7 +238,7 @@ def _ref_arrays(refs: list[tuple[str, int]]) -> tuple[list[str], np.ndarray]:
 
 
 def _graph_rows(records: list[Record], cfg: DataConfig, cache_dir: Path, report: RecordReport,
-                ) -> tuple[list[Record], list[tuple[str, int]]]:
+                parallel_map: MapFunction) -> tuple[list[Record], list[tuple[str, int]]]:
     """Graph rows of every record, built where the graph store lacks them; records whose structure cannot become a
     graph are skipped and listed by id."""
     keys = [structure_hash(r.atoms) for r in records]
@@ -271,7 +277,7 @@ def _graph_rows(records: list[Record], cfg: DataConfig, cache_dir: Path, report:
 
 
 def _build_chunk(work: tuple) -> tuple:
-    """One graph-building task (module level, so Ray workers import it)."""
+    """One graph-building task (module level, so worker processes import it)."""
     return build_chunk(*work)
 
 

@@ -22,6 +22,8 @@ from tune_fusion.config import DEFAULT_TEXT_ENCODER
 from tune_fusion.data.arrays import TextArrays
 from tune_fusion.errors import ConfigError
 
+__all__ = ["check_encoder", "embed_texts", "load_encoder", "split_sentences", "text_key"]
+
 log = logging.getLogger(__name__)
 
 # A sentence ends at ., ! or ? followed by white space and an upper-case letter, digit or "(" (decimals such as

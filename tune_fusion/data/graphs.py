@@ -12,6 +12,8 @@ from jarvis.core.atoms import Atoms
 from tune_fusion.data.arrays import MAX_Z, CrystalGraph, GraphArrays
 from tune_fusion.errors import DataError
 
+__all__ = ["build_chunk", "build_graph", "graph_arrays"]
+
 log = logging.getLogger(__name__)
 
 

@@ -24,6 +24,8 @@ from tune_fusion.data.cache import is_complete, load, shard_folders
 from tune_fusion.errors import DataError
 from tune_fusion.names import is_uri
 
+__all__ = ["PUBLISHED", "fetch", "publish", "published_root"]
+
 log = logging.getLogger(__name__)
 
 PUBLISHED = "tune-fusion-cache"  # the folder under the search's storage that holds published caches

@@ -14,6 +14,8 @@ from jarvis.core.atoms import Atoms
 from tune_fusion.data.sources import RawEntry, Source
 from tune_fusion.errors import DataError
 
+__all__ = ["Record", "RecordReport", "build_records", "parse_structure", "parse_target"]
+
 log = logging.getLogger(__name__)
 
 

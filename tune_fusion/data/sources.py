@@ -28,6 +28,9 @@ from typing import Any
 from tune_fusion.config import TARGET_ALIASES
 from tune_fusion.errors import DataError
 
+__all__ = ["ALIGNN_CSV", "DESCRIPTION_CSV", "FORMATS", "RawEntry", "Source", "locate", "published_layout",
+           "read_entries", "sidecar_path"]
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("dft3d_json", "alignn_folder", "description_csv")

@@ -6,6 +6,8 @@ import numpy as np
 
 from tune_fusion.errors import DataError
 
+__all__ = ["split_indices", "split_sizes"]
+
 
 def split_sizes(n: int, ratios: tuple[float, float, float], counts: tuple[int, int, int]) -> tuple[int, int, int]:
     """Sizes of (train, val, test): an absolute count where given (> 0), else ``floor(ratio * n)``; a training

@@ -21,6 +21,8 @@ from filelock import FileLock
 
 from tune_fusion.data.arrays import KEYS_FILE, FlatArrays
 
+__all__ = ["Builder", "Ref", "ShardStore", "settings_key"]
+
 log = logging.getLogger(__name__)
 
 Ref = tuple[str, int]  # (shard folder relative to the cache directory, row)

@@ -1,7 +1,8 @@
 """Text descriptions of crystals: robocrystallographer, with jarvis-tools' describer as a per-structure fallback.
 
-Generation costs 1-5 s per structure, so it runs in parallel (Ray tasks: on a cluster every node helps) and its
-results are stored in a description file that later preparations (other targets, other graph settings) reuse.
+Generation costs 1-5 s per structure, so it runs in parallel (local processes, or Ray tasks when a search prepares
+the data: on a cluster every node helps) and its results are stored in a description file that later preparations
+(other targets, other graph settings) reuse.
 The store is ``<cache_dir>/descriptions.csv.gz``, a gzipped CSV ``jid,structure_hash,method,description`` keyed
 by structure; a file of the same format beside a dataset, ``<dataset stem>.descriptions.csv.gz``, is read too
 (the bundled sample data ships one).
@@ -18,11 +19,16 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from jarvis.core.atoms import Atoms
+
+from tune_fusion.data.pool import MapFunction
+
+__all__ = ["COLUMNS", "DescriptionStore", "clean_text", "describe", "describe_chunk", "fill_descriptions",
+           "jarvis_text", "read_descriptions", "robocrys_text", "structure_hash", "write_descriptions"]
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +138,7 @@ def fill_descriptions(
     texts: Sequence[str | None],
     store: DescriptionStore,
     sidecar: Path | None,
-    parallel_map: Callable[[Callable, list, str], list],
+    parallel_map: MapFunction,
 ) -> tuple[list[str], dict[str, int]]:
     """Every record's text: given, else from the sidecar or store, else generated (and saved to the store).
 

@@ -18,6 +18,8 @@ from tune_fusion.config import ModelConfig
 from tune_fusion.errors import DataError
 from tune_fusion.model.message_passing import GRAPHS, READOUTS, TorchGraph
 
+__all__ = ["ALIGNNBlock", "ALIGNNEncoder", "BlockHook", "EdgeGatedGraphConv", "RBFExpansion", "mlp_layer"]
+
 # (block index, atom features (N, hidden)) -> new atom features (N, hidden); runs after each ALIGNN block.
 BlockHook = Callable[[int, Tensor], Tensor]
 

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+__all__ = ["CrossModalAttention", "MiddleFusion", "contrastive_loss", "masked_mean", "pad_by_graph"]
+
 
 class MiddleFusion(nn.Module):
     """Inject the crystal's text vector into its atoms after one ALIGNN block through a learned gate.

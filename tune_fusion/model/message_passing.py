@@ -20,6 +20,9 @@ from torch import Tensor
 
 from tune_fusion.errors import ConfigError
 
+__all__ = ["EPS", "GRAPHS", "READOUTS", "DGLGraph", "TorchGraph", "dgl_available", "dgl_mean_by_crystal",
+           "mean_by_crystal", "resolve_backend"]
+
 log = logging.getLogger(__name__)
 
 EPS = 1e-6

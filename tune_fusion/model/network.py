@@ -13,6 +13,8 @@ from tune_fusion.errors import DataError
 from tune_fusion.model.alignn import ALIGNNEncoder
 from tune_fusion.model.fusion import CrossModalAttention, MiddleFusion
 
+__all__ = ["FusionNetwork", "ModelOutput"]
+
 
 @dataclass
 class ModelOutput:

@@ -36,6 +36,10 @@ from tune_fusion.model import FusionNetwork, ModelOutput, contrastive_loss
 from tune_fusion.model.message_passing import resolve_backend
 from tune_fusion.names import OLD_PREDICTIONS_FILE, PREDICTIONS_FILE, StopReason
 
+__all__ = ["BatchHook", "EpochCallback", "Run", "TrainedModel", "build_model", "fit", "parameter_groups", "pick_device",
+           "place_model", "predict", "read_predictions", "seed_everything", "start_run", "test_once", "train_epoch",
+           "write_predictions"]
+
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[dict[str, Any], "Run"], None]

@@ -17,11 +17,14 @@ from tune_fusion.checkpoint import load_checkpoint, save_checkpoint, standalone_
 from tune_fusion.cli import add_config_options, config_overrides, run
 from tune_fusion.config import Config, check_same_run, read_config_file
 from tune_fusion.data import prepare
+from tune_fusion.data.pool import process_map
 from tune_fusion.data.sources import published_layout
 from tune_fusion.errors import ConfigError, DataError
 from tune_fusion.names import BEST_VAL_MODEL, HISTORY_TRAIN, HISTORY_VAL, LAST_CHECKPOINT, RUN_CONFIG, RUN_METRICS
 from tune_fusion.train import fit, test_once
 from tune_fusion.units import unit, with_unit
+
+__all__ = ["main", "parse_args"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise DataError(f"--resume: {last} does not exist; run once without --resume first")
         resume = load_checkpoint(last)
         check_same_run(cfg, resume["config"], last)
-    data, _ = prepare(cfg.data)
+    data, _ = prepare(cfg.data, process_map)  # local processes: no Ray
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
 
