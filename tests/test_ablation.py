@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from tune_fusion import analysis, diagnostics
 from tune_fusion.ablation import neutral_text, shuffles, text_ablation
 from tune_fusion.checkpoint import save_checkpoint
@@ -74,6 +74,7 @@ def test_a_graph_only_model_shows_exactly_no_text_effect(prepared, cache_dir):
     assert found["verdict"].startswith("no measurable effect")
 
 
+@pytest.mark.slow
 def test_text_that_carries_the_target_is_worth_a_lot(tmp_path, sample_records):
     """A constructed dataset whose descriptions say how large the target is: shuffling them must hurt."""
     rows = [dict(r) for r in sample_records if isinstance(r["formation_energy_peratom"], float)][:150]
@@ -113,8 +114,9 @@ def test_any_checkpoint_kind_is_diagnosed_without_an_experiment(fused_run, prepa
     assert "What the text is worth" in report and "Checks of the original guide" in report
 
 
+@pytest.mark.slow
 def test_a_standalone_run_folder_draws_its_curves_and_text_scale(cache_dir, tmp_path, prepared):
-    from tests.test_train import tiny_flags
+    from tests.helpers import tiny_flags
     from tune_fusion.train.__main__ import main as train_main
 
     train_main(["--output_dir", str(tmp_path), *tiny_flags(cache_dir), "--epochs", "3", "--use_middle_fusion",

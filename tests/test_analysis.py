@@ -20,7 +20,7 @@ import pytest
 import torch
 from jarvis.core.specie import atomic_numbers_to_symbols
 
-from tests.conftest import REPO, trial_rows
+from tests.helpers import REPO, trial_rows
 from tune_fusion import analysis
 from tune_fusion.checkpoint import load_checkpoint
 from tune_fusion.data import make_loader
@@ -39,7 +39,6 @@ from tune_fusion.experiment import (
 from tune_fusion.export import open_model
 from tune_fusion.names import METRIC, Status
 
-pytestmark = pytest.mark.slow
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -74,6 +73,7 @@ def fused_checkpoint(experiment) -> Path:
     return fused[0].checkpoint
 
 
+@pytest.mark.slow
 def test_table_lists_every_trial_with_the_right_status(analysed, experiment):
     summary, out, _, _ = analysed
     rows = trial_rows(experiment)
@@ -93,6 +93,7 @@ def test_table_lists_every_trial_with_the_right_status(analysed, experiment):
     assert "stopped_by_scheduler" in summary.table_text
 
 
+@pytest.mark.slow
 def test_best_trial_is_the_lowest_validation_mae(analysed, experiment):
     summary, out, _, _ = analysed
     rows = trial_rows(experiment)
@@ -102,6 +103,7 @@ def test_best_trial_is_the_lowest_validation_mae(analysed, experiment):
     assert best["val_mae"] == pytest.approx(min(r["val_mae"] for r in rows[lowest]))
 
 
+@pytest.mark.slow
 def test_test_mae_is_computed_once_and_matches_the_predictions(analysed, prepared):
     summary, out, _, calls = analysed
     assert calls.count("test") == 1 and set(calls) == {"test"}
@@ -117,6 +119,7 @@ def test_test_mae_is_computed_once_and_matches_the_predictions(analysed, prepare
     assert "evaluated once" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_plots_exist_and_are_valid_pngs(analysed):
     from matplotlib.image import imread
 
@@ -133,6 +136,7 @@ def test_plots_exist_and_are_valid_pngs(analysed):
         assert f"]({name})" in report, name
 
 
+@pytest.mark.slow
 def test_importance_is_a_table_or_a_note(analysed):
     summary, out, _, _ = analysed
     values, note = summary.importance.values, summary.importance.note
@@ -146,6 +150,7 @@ def test_importance_is_a_table_or_a_note(analysed):
     assert note in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_diagnostics_agree_with_a_hand_computation(fused_checkpoint):
     ckpt = load_checkpoint(fused_checkpoint)
     run = open_model(ckpt, fused_checkpoint, device="cpu")
@@ -187,6 +192,7 @@ def test_diagnostics_agree_with_a_hand_computation(fused_checkpoint):
         np.testing.assert_allclose(found.arrays[f"crystal_alpha_{name}"], crystal_alpha, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_full_validation_diagnosis_reproduces_the_checkpoint_val_mae(analysed):
     summary, out, _, _ = analysed
     for trial_id, found in summary.diagnostics.trials.items():
@@ -197,6 +203,7 @@ def test_full_validation_diagnosis_reproduces_the_checkpoint_val_mae(analysed):
         assert len(arrays["jid"]) == found["crystals"]
 
 
+@pytest.mark.slow
 def test_scale_text_multiplies_the_text_and_compare_sees_it(fused_checkpoint, tmp_path):
     result = scale_text(fused_checkpoint, 12.0, tmp_path, crystals=6, device="cpu")
     scaled = load_checkpoint(result.scaled_checkpoint)
@@ -230,6 +237,7 @@ print(json.dumps(load_model(model_path).predict(items, batch_size=4).tolist()))
 """
 
 
+@pytest.mark.slow
 def test_export_reloads_in_a_fresh_process_and_reproduces_its_predictions(analysed, prepared):
     summary, out, export_dir, _ = analysed
     exported = torch.load(export_dir / "best_model.pt", weights_only=True)
@@ -247,6 +255,7 @@ def test_export_reloads_in_a_fresh_process_and_reproduces_its_predictions(analys
     np.testing.assert_allclose(predicted, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_copy_reached_by_uri_gives_the_same_table(experiment, tmp_path):
     local = locate_experiment(f"file://{experiment}", copy_to=tmp_path / "copy")
     assert table_rows(read_trials(local)) == table_rows(read_trials(experiment))
@@ -314,6 +323,7 @@ def test_confirmation_retrains_the_best_and_the_best_graph_only_beside_fused_one
     assert to_confirm(same_kind, 1, default_graph_only=True) == same_kind[:1]
 
 
+@pytest.mark.slow
 def test_confirm_retrains_the_best_trial_with_several_seeds(experiment, tmp_path):
     from tune_fusion.confirm import confirm
 
@@ -348,6 +358,7 @@ def cli(argv: list[str], capsys) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_line_errors(experiment, tmp_path, capsys):
     assert "does not exist" in cli([str(tmp_path / "missing")], capsys)
     (tmp_path / "foreign").mkdir()

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ALIGNN_FOLDER
-from tests.test_space import edit
+from tests.helpers import ALIGNN_FOLDER, edit
 from tune_fusion.cli import run
 from tune_fusion.config import SAMPLE_DATASET
 

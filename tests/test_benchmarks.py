@@ -10,9 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-
-pytestmark = pytest.mark.slow
+from tests.helpers import REPO
 
 
 def bench(*args: str, timeout: int = 600) -> str:
@@ -21,6 +19,7 @@ def bench(*args: str, timeout: int = 600) -> str:
     return out.stdout
 
 
+@pytest.mark.slow
 def test_throughput_plumbing(cache_dir, prepared):
     impls = "ours,fused" + (",reference" if importlib.util.find_spec("alignn") else "")
     stdout = bench("benchmarks/throughput.py", "--max-structures", "60", "--batches", "1", "--repeats", "1",

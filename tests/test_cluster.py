@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, tiny_config, trial_rows, write_space
-
-pytestmark = pytest.mark.slow
+from tests.helpers import REPO, tiny_config, trial_rows, write_space
 
 
 def _can_unshare() -> bool:
@@ -200,6 +198,7 @@ def fetches_per_node(rows: dict[str, list[dict]], nodes: dict[str, str]) -> dict
     return out
 
 
+@pytest.mark.slow
 def test_workers_with_token_auth_run_every_trial_and_fetch_the_cache_once_per_node(cluster, space):
     cluster.add_worker("worker_a")
     cluster.add_worker("worker_b")
@@ -212,6 +211,7 @@ def test_workers_with_token_auth_run_every_trial_and_fetch_the_cache_once_per_no
     assert (cluster.storage / "tune-fusion-cache").is_dir()
 
 
+@pytest.mark.slow
 def test_workers_that_join_later_and_a_worker_killed_mid_search(cluster, long_space):
     for name in list(cluster.workers):
         cluster.kill_worker(name)  # a fresh start: no node is up when the search begins
@@ -243,6 +243,7 @@ def test_workers_that_join_later_and_a_worker_killed_mid_search(cluster, long_sp
     assert all(sum(mb > 0 for mb in sizes) == 1 for sizes in fetched.values()), fetched
 
 
+@pytest.mark.slow
 def test_a_driver_without_the_token_gets_one_line_saying_what_to_do(cluster, space, tmp_path):
     stranger = tmp_path / "no_token_home"
     stranger.mkdir()

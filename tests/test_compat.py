@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_dgl_imports_after_tune_fusion_and_the_stub_only_when_graphbolt_is_missing():

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, write_space
+from tests.helpers import REPO, write_space
 from tune_fusion import plots
 from tune_fusion.experiment import status_counts
 from tune_fusion.names import Status

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_config, write_space
+from tests.helpers import tiny_config, write_space
 from tune_fusion.checkpoint import save_checkpoint
 from tune_fusion.export import load_model
 from tune_fusion.train import fit
@@ -22,6 +22,7 @@ FUSED = {"use_middle_fusion": True, "middle_fusion_layers": "0,1", "middle_fusio
          "middle_fusion_use_gate_norm": True, "use_cross_modal": True, "use_contrastive": True}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_fit_and_predict_with_both_fusion_stages(prepared, cache_dir, tmp_path, sample_records, device):
     run = fit(tiny_config(cache_dir, device=device, epochs=3, **FUSED), prepared)
@@ -42,7 +43,7 @@ def test_fit_and_predict_with_both_fusion_stages(prepared, cache_dir, tmp_path, 
 @pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_search_with_four_trials_sharing_the_gpu(tmp_path, cache_dir, prepared, device):
-    from tests.conftest import trial_rows
+    from tests.helpers import trial_rows
     from tune_fusion.search import run_search
     from tune_fusion.space import load_spec
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from jarvis.core.atoms import Atoms
 
-from tests.conftest import ALIGNN_FOLDER, REPO, tiny_config
+from tests.helpers import ALIGNN_FOLDER, REPO, make_description_csv, tiny_config
 from tune_fusion.config import SAMPLE_DATASET, DataConfig
 from tune_fusion.data import cache as cache_mod
 from tune_fusion.data import make_loader, prepare
@@ -76,20 +76,6 @@ def test_alignn_folder(tmp_path):
     by_id = {r.jid: r.target for r in records}
     assert by_id[Path(rows[2][0]).stem] == pytest.approx(float(rows[2][1]))
     assert all(r.text is None for r in records)
-
-
-def make_description_csv(folder: Path, sample_records: list[dict], n: int = 6, header: bool = True) -> Path:
-    (folder / "cif").mkdir(parents=True)
-    with open(folder / "description.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        if header:
-            writer.writerow(["id", "composition", "target", "description", "file"])
-        for r in sample_records[:n]:
-            atoms = Atoms.from_dict(r["atoms"])
-            atoms.write_cif(str(folder / "cif" / f"{r['jid']}.cif"))
-            writer.writerow([r["jid"], atoms.composition.reduced_formula, r["formation_energy_peratom"],
-                             f"Description of {r['jid']}. It has {atoms.num_atoms} atoms.", f"{r['jid']}.cif"])
-    return folder / "description.csv"
 
 
 def test_description_csv_texts_come_from_the_file(tmp_path, sample_records):

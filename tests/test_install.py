@@ -10,7 +10,7 @@ from importlib.metadata import version
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CLUSTER = yaml.safe_load((REPO / "cluster.yaml").read_text())
 

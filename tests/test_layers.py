@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PACKAGE = REPO / "tune_fusion"
 BASE = {"tune_fusion", "tune_fusion._dgl_compat", "tune_fusion.errors", "tune_fusion.names", "tune_fusion.units",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from tune_fusion.checkpoint import save_checkpoint
 from tune_fusion.data import make_loader
 from tune_fusion.errors import ConfigError
@@ -60,6 +60,7 @@ def _identity_scaler():
     return Standardizer(0.0, 1.0)
 
 
+@pytest.mark.slow
 def test_two_epochs_of_fit_agree_on_both_paths(prepared, cache_dir):
     base = tiny_config(cache_dir, **MODELS["cross_modal"])
     runs = {b: fit(base.replace({"graph_backend": b}), prepared) for b in ("dgl", "torch")}

@@ -40,7 +40,7 @@ def test_a_publish_cut_short_is_completed_not_taken_for_whole(prepared, tmp_path
 
 
 def test_checkpoints_from_before_text_vector_read_the_whole_text_vector(prepared, cache_dir):
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     values = tiny_config(cache_dir).to_dict()
     del values["text_vector"]

@@ -17,19 +17,20 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import REPO, trial_rows, write_space
+from tests.helpers import REPO, trial_rows, write_space
 from tune_fusion import plots
 from tune_fusion.experiment import read_trials
 from tune_fusion.names import STUDY_FILE, Status
 from tune_fusion.search import run_search
 from tune_fusion.space import load_spec
 
-pytestmark = pytest.mark.slow
+
 @pytest.fixture(scope="module")
 def finished_search(tiny_search):
     return tiny_search, Path(tiny_search.experiment_dir)
 
 
+@pytest.mark.slow
 def test_search_end_to_end_with_asha_stopping_trials(finished_search):
     outcome, exp_dir = finished_search
     rows = trial_rows(exp_dir)
@@ -42,6 +43,7 @@ def test_search_end_to_end_with_asha_stopping_trials(finished_search):
     assert outcome.best_val_mae == pytest.approx(best)
 
 
+@pytest.mark.slow
 def test_study_persisted_with_pruned_trials(finished_search):
     outcome, exp_dir = finished_search
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
@@ -55,6 +57,7 @@ def test_study_persisted_with_pruned_trials(finished_search):
             assert trial.value == pytest.approx(best_by_trial[f"trial_{trial.user_attrs['ray_trial_id']}"])
 
 
+@pytest.mark.slow
 def test_every_epoch_is_an_intermediate_value_of_its_optuna_trial(finished_search):
     outcome, exp_dir = finished_search
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
@@ -67,6 +70,7 @@ def test_every_epoch_is_an_intermediate_value_of_its_optuna_trial(finished_searc
             assert trial.value == pytest.approx(trial.intermediate_values[max(trial.intermediate_values)])
 
 
+@pytest.mark.slow
 def test_warm_start_feeds_exactly_the_earlier_trials(finished_search, tmp_path):
     from tune_fusion.warm_start import feed_earlier_trials
 
@@ -81,6 +85,7 @@ def test_warm_start_feeds_exactly_the_earlier_trials(finished_search, tmp_path):
     assert all(t.user_attrs["warm_start_from"] == str(exp_dir) for t in fed)
 
 
+@pytest.mark.slow
 def test_conditional_parameters_follow_their_conditions(finished_search):
     outcome, _ = finished_search
     for result in outcome.results:
@@ -89,6 +94,7 @@ def test_conditional_parameters_follow_their_conditions(finished_search):
         assert ("cross_modal_num_heads" in config) == config["use_cross_modal"]
 
 
+@pytest.mark.slow
 def test_tensorboard_files_hold_the_named_scalars(finished_search):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -104,6 +110,7 @@ def test_tensorboard_files_hold_the_named_scalars(finished_search):
     assert values == pytest.approx(list(fused.metrics_dataframe["val_mae"]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_every_trial_checkpoint_is_plain_data_with_best_weights(finished_search):
     import torch
 
@@ -133,6 +140,7 @@ def run_search_cli(*args: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+@pytest.mark.slow
 def test_resume_after_the_driver_is_killed(tmp_path, cache_dir, prepared):
     # FIFO: every trial runs to its end, so the kill always lands mid-search
     space = write_space(tmp_path / "resume.yaml", cache_dir, num_samples=4, epochs=3, fifo=True)
@@ -172,6 +180,7 @@ def nothing_trained_again(before: list[dict], after: list[dict]) -> bool:
         r["resumed_from_epoch"] >= r["epoch"] and {k: r[k] for k in TRAINED} == had[r["epoch"]] for r in told)
 
 
+@pytest.mark.slow
 def test_trials_that_ended_after_rays_last_snapshot_are_not_trained_again(tmp_path, cache_dir, prepared):
     """Ray resumes a search from its own snapshot of the trials (every few seconds, copied behind the trials' files),
     so trials that ended after it come back as pending or running. Here the first snapshot in which both trials
@@ -221,6 +230,7 @@ def test_trials_that_ended_after_rays_last_snapshot_are_not_trained_again(tmp_pa
     assert [(t.status, [r["epoch"] for r in t.history]) for t in trials] == [(Status.COMPLETED, [1, 2, 3])] * 2
 
 
+@pytest.mark.slow
 def test_trials_that_cannot_train_end_with_their_reason_and_the_search_goes_on(tmp_path, cache_dir, prepared):
     path = write_space(tmp_path / "faulty.yaml", cache_dir, num_samples=3, epochs=2, fifo=True, use_middle_fusion=True,
                        middle_fusion_layers="1", use_cross_modal=True, max_text_scale=2.0)

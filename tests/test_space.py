@@ -10,27 +10,11 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers import REPO, VALID, edit
 from tune_fusion.errors import ConfigError
 from tune_fusion.space import DefineByRun, load_spec, parse_spec
 
 SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
-VALID = """
-dataset: {path: data/jarvis_dft3d_800.json.gz, target: formation_energy_peratom}
-fixed: {epochs: 30, batch_size: 64, use_middle_fusion: true}
-search:
-  middle_fusion_initial_scale: {type: loguniform, low: 1.0, high: 20.0}
-  middle_fusion_layers: {type: choice, values: ["2", "3", "2,3"]}
-  use_cross_modal: {type: choice, values: [true, false]}
-  cross_modal_num_heads: {type: choice, values: [1, 2, 4, 8], when: {use_cross_modal: true}}
-scheduler: {type: asha, max_t: 30, grace_period: 3, reduction_factor: 3}
-searcher: {type: optuna, sampler: tpe, seed: 0}
-resources: {cpu: 1, gpu: 0}
-num_samples: 32
-max_concurrent: 2
-"""
-
-
 def test_shipped_spaces_are_valid():
     names = {p.stem for p in SPACES}
     assert {"quickstart", "middle_fusion", "full", "graph_only"} <= names
@@ -59,18 +43,6 @@ def test_conditional_parameters_drawn_only_when_their_condition_holds():
         if "middle_fusion_initial_scale" in params:
             assert 1.0 <= params["middle_fusion_initial_scale"] <= 20.0
     assert any(p["use_cross_modal"] for p in drawn) and not all(p["use_cross_modal"] for p in drawn)
-
-
-def edit(change: str) -> str:
-    """VALID with text replaced ('old => new', several joined by ' && ') or a line appended ('new')."""
-    if " => " not in change:
-        return VALID + change + "\n"
-    text = VALID
-    for part in change.split(" && "):
-        old, new = part.split(" => ")
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
 
 
 # One row per bad input: (how to break the valid file, what the one-line error must say).

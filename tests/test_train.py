@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, tiny_config
+from tests.helpers import REPO, tiny_config, tiny_flags
 from tune_fusion.checkpoint import save_checkpoint
 from tune_fusion.config import SAMPLE_DATASET
 from tune_fusion.data import Standardizer, prepare
@@ -49,6 +49,7 @@ def test_no_weight_decay_on_biases_norms_and_scales(prepared, cache_dir):
         assert (id(param) in decayed) == (param.ndim >= 2), name
 
 
+@pytest.mark.slow
 def test_few_epochs_beat_the_mean_predictor(cache_dir):
     cfg = tiny_config(cache_dir, max_structures=160, epochs=12, graph_only=True, learning_rate=3e-3, batch_size=32,
                       hidden_features=32)
@@ -129,14 +130,6 @@ ORIGINAL_FLAGS = ["--use_middle_fusion", "True", "--middle_fusion_layers", "0,1"
                   "--learning_rate", "0.001"]
 
 
-def tiny_flags(cache_dir) -> list[str]:
-    values = tiny_config(cache_dir).to_dict()
-    keys = ("cache_dir", "max_structures", "alignn_layers", "gcn_layers", "hidden_features", "embedding_features",
-            "edge_input_features", "triplet_input_features", "text_projection_dim", "middle_fusion_hidden_dim",
-            "cross_modal_hidden_dim")
-    return [item for key in keys for item in (f"--{key}", str(values[key]))]
-
-
 def test_standalone_cli_with_the_original_flags(prepared, cache_dir, tmp_path):
     out = tmp_path / "out"
     metrics = train_main(["--property", "formation_energy", "--dataset", str(SAMPLE_DATASET), "--output_dir", str(out),
@@ -189,7 +182,7 @@ def test_config_file_and_flag_precedence(prepared, cache_dir, tmp_path):
 
 
 def test_published_layout_via_dataset_jarvis_root_dir(tmp_path, cache_dir, sample_records):
-    from tests.test_data import make_description_csv
+    from tests.helpers import make_description_csv
 
     make_description_csv(tmp_path / "ds" / "jarvis" / "formation_energy_peratom", sample_records, n=12)
     metrics = train_main(["--dataset", "jarvis", "--root_dir", str(tmp_path / "ds"), "--property", "formation_energy",

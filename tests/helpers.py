@@ -1,0 +1,117 @@
+"""Helpers the test modules share (fixtures stay in conftest.py): paths, the tiny real setting and the tiny search
+space, reading a search's reported rows, flags for the standalone CLI, edited copies of a valid space, a published
+text+graph layout."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import yaml
+from jarvis.core.atoms import Atoms
+
+import tune_fusion  # noqa: F401  (installs the DGL compatibility step before dgl is imported)
+from tune_fusion.config import Config
+
+REPO = Path(__file__).resolve().parent.parent
+ALIGNN_FOLDER = REPO / "tests" / "data" / "alignn_sample_data"  # a copy of ../shared/data/alignn_sample_data (NIST)
+
+
+def tiny_config(cache_dir: Path, **overrides) -> Config:
+    """A small real setting: 60 sample crystals (shipped descriptions, no generation), a tiny model."""
+    values = {"cache_dir": str(cache_dir), "max_structures": 60, "alignn_layers": 2, "gcn_layers": 1,
+              "hidden_features": 16, "embedding_features": 8, "edge_input_features": 16,
+              "triplet_input_features": 8, "text_projection_dim": 8, "middle_fusion_hidden_dim": 16,
+              "cross_modal_hidden_dim": 16, "cross_modal_num_heads": 2, "batch_size": 16, "epochs": 2,
+              "early_stopping_patience": 0, "middle_fusion_layers": "1"}
+    values.update(overrides)
+    return Config.from_dict(values, source="test")
+
+
+TINY = ("cache_dir", "max_structures", "alignn_layers", "gcn_layers", "hidden_features", "embedding_features",
+        "edge_input_features", "triplet_input_features", "text_projection_dim", "middle_fusion_hidden_dim",
+        "cross_modal_hidden_dim", "batch_size", "early_stopping_patience")
+
+
+def write_space(path: Path, cache_dir: Path, num_samples: int = 6, epochs: int = 3, fifo: bool = False,
+                **fixed) -> Path:
+    """The tiny search space (Optuna + ASHA; ``fifo``: every trial runs all its epochs) with ``fixed`` options."""
+    base = tiny_config(cache_dir).to_dict()
+    space = {
+        "dataset": {"path": base["dataset"], "target": "formation_energy_peratom"},
+        "fixed": {**{k: base[k] for k in TINY}, "epochs": epochs, **fixed},
+        "search": {
+            "learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+            "use_middle_fusion": {"type": "choice", "values": [True, False]},
+            "middle_fusion_layers": {"type": "choice", "values": ["0", "1"], "when": {"use_middle_fusion": True}},
+            "use_cross_modal": {"type": "choice", "values": [True, False]},
+            "cross_modal_num_heads": {"type": "choice", "values": [1, 2], "when": {"use_cross_modal": True}},
+        },
+        "scheduler": {"type": "fifo"} if fifo else {"type": "asha", "max_t": epochs, "grace_period": 1,
+                                                     "reduction_factor": 2},
+        "searcher": {"type": "optuna", "sampler": "tpe", "seed": 0},
+        "resources": {"cpu": 1, "gpu": 0},
+        "num_samples": num_samples,
+        "max_concurrent": 2,
+    }
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def trial_rows(exp_dir: Path) -> dict[str, list[dict]]:
+    """Every trial's reported results, read from its result.json."""
+    rows = {}
+    for result in sorted(exp_dir.glob("trial_*/result.json")):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        rows[result.parent.name] = lines
+    return rows
+
+
+def tiny_flags(cache_dir: Path) -> list[str]:
+    """The tiny setting as flags of python -m tune_fusion.train (model sizes, data, cache)."""
+    values = tiny_config(cache_dir).to_dict()
+    keys = [k for k in TINY if k not in ("batch_size", "early_stopping_patience")]
+    return [item for key in keys for item in (f"--{key}", str(values[key]))]
+
+
+def make_description_csv(folder: Path, sample_records: list[dict], n: int = 6, header: bool = True) -> Path:
+    (folder / "cif").mkdir(parents=True)
+    with open(folder / "description.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        if header:
+            writer.writerow(["id", "composition", "target", "description", "file"])
+        for r in sample_records[:n]:
+            atoms = Atoms.from_dict(r["atoms"])
+            atoms.write_cif(str(folder / "cif" / f"{r['jid']}.cif"))
+            writer.writerow([r["jid"], atoms.composition.reduced_formula, r["formation_energy_peratom"],
+                             f"Description of {r['jid']}. It has {atoms.num_atoms} atoms.", f"{r['jid']}.cif"])
+    return folder / "description.csv"
+
+
+VALID = """
+dataset: {path: data/jarvis_dft3d_800.json.gz, target: formation_energy_peratom}
+fixed: {epochs: 30, batch_size: 64, use_middle_fusion: true}
+search:
+  middle_fusion_initial_scale: {type: loguniform, low: 1.0, high: 20.0}
+  middle_fusion_layers: {type: choice, values: ["2", "3", "2,3"]}
+  use_cross_modal: {type: choice, values: [true, false]}
+  cross_modal_num_heads: {type: choice, values: [1, 2, 4, 8], when: {use_cross_modal: true}}
+scheduler: {type: asha, max_t: 30, grace_period: 3, reduction_factor: 3}
+searcher: {type: optuna, sampler: tpe, seed: 0}
+resources: {cpu: 1, gpu: 0}
+num_samples: 32
+max_concurrent: 2
+"""
+
+
+def edit(change: str) -> str:
+    """VALID with text replaced ('old => new', several joined by ' && ') or a line appended ('new')."""
+    if " => " not in change:
+        return VALID + change + "\n"
+    text = VALID
+    for part in change.split(" && "):
+        old, new = part.split(" => ")
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
