@@ -1,5 +1,8 @@
-"""What a search writes and how its files are named: shared by the Ray side (trainable, search) and the Ray-free
-side (analysis). Importing this module imports neither Ray nor Optuna."""
+"""What a search and a standalone run write and how their files are named, and how a trial ended: shared by the Ray
+side (trainable, searcher, console) and the Ray-free side (the experiment reader, the analysis). ``trial_outcome``
+is the one decision of how a trial ended; ``OPTUNA_STATE`` and ``CONSOLE_WORDS`` say what the study and the console
+make of each outcome, ``Outcome.status`` what the analysis does. Importing this module imports neither Ray nor
+Optuna."""
 
 from __future__ import annotations
 
