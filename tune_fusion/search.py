@@ -110,6 +110,9 @@ def make_run_config(name: str, storage: str, verbose: bool, target: str) -> tune
 
 def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storage: str, name: str, resume: bool,
                 verbose: bool = True, warm_start: tuple[str, ...] = ()) -> tune.Tuner:
+    """The Tuner of search ``name`` under ``storage``: the repeat-skipping searcher on the persisted study (warm-started
+    from ``warm_start``), ASHA or FIFO, the trainable on the prepared cache ``cache_name``; or, with ``resume``, the
+    interrupted search restored from storage."""
     trainable = make_trainable(cache_name, published, spec.base.to_dict(),
                                {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     exp_dir = experiment_dir(storage, name)
