@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-from tune_fusion.cli import run
+from tune_fusion.cli import ignore_stop_signals, run, stop_early_on_signals
+from tune_fusion.errors import EXIT_INTERRUPTED
 from tune_fusion.experiment import read_trials, status_counts
-from tune_fusion.names import DEFAULT_STORAGE
+from tune_fusion.names import DEFAULT_STOP_WITHIN_S, DEFAULT_STORAGE
 
 
 def flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -29,15 +31,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: a local Ray)")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="experiment storage: a path or s3://, gs://")
     parser.add_argument("--name", help="experiment name (default: the space file's name)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    parser.add_argument("--resume", nargs="?", const=True, choices=[True, "auto"], type=lambda v: v, metavar="auto",
+                        help="continue an interrupted search of the same name; `--resume auto`: continue it if there "
+                             "is one, start it otherwise (what a requeued SLURM job runs)")
     flag(parser, "num-samples", type=int, help="trials to run (overrides the YAML)")
     flag(parser, "max-concurrent", type=int, help="trials at once (overrides the YAML)")
     flag(parser, "cpus-per-trial", type=float, help="CPUs per trial (overrides the YAML)")
     flag(parser, "gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (overrides the YAML)")
     flag(parser, "warm-start", nargs="+", default=(), metavar="EXPERIMENT_DIR",
          help="start the study from the finished trials of earlier searches (same or compatible space)")
+    flag(parser, "stop-within", type=float, default=DEFAULT_STOP_WITHIN_S, metavar="SECONDS",
+         help="on SIGUSR1 or SIGTERM, how long running trials may take to end their epoch before the search is "
+              f"saved and stops with exit status {EXIT_INTERRUPTED} (default %(default)g)")
     parser.add_argument("--verbose", action="store_true", help="Ray's own status tables, warnings and trial logs")
     args = parser.parse_args(argv)
+    stop_early_on_signals("the search")
 
     from tune_fusion.search import run_search
     from tune_fusion.space import load_spec
@@ -48,9 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     start = time.monotonic()
     print(f"search {args.name or spec.name}: {spec.num_samples} trials, {spec.max_concurrent} at once, "
           f"target {spec.base.data.target}")
-    outcome = run_search(spec, address=args.address, storage=args.storage, name=args.name, resume=args.resume,
-                         verbose=args.verbose, warm_start=tuple(args.warm_start))
+    outcome = run_search(spec, address=args.address, storage=args.storage, name=args.name, resume=args.resume or False,
+                         verbose=args.verbose, warm_start=tuple(args.warm_start), stop_within_s=args.stop_within)
+    ignore_stop_signals()
     print_summary(outcome, time.monotonic() - start)
+    if outcome.stopped_by:
+        print(f"stopped by {outcome.stopped_by}; the search is saved: continue it with the same command plus --resume")
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def print_summary(outcome, seconds: float) -> None:

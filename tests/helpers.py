@@ -115,3 +115,29 @@ def edit(change: str) -> str:
         assert old in text, old
         text = text.replace(old, new)
     return text
+
+
+TRAINED = ("epoch", "train_loss", "train_mae", "val_mae", "best_val_mae", "trial_finished")
+
+
+def nothing_trained_again(before: list[dict], after: list[dict]) -> bool:
+    """A trial's rows ``after`` the resume hold the epochs it had ``before`` with the same values, and each row added
+    since repeats one from the checkpoint's history (resumed_from_epoch >= its epoch): told again, not trained."""
+    had = {r["epoch"]: {k: r[k] for k in TRAINED} for r in before}
+    told = [r for r in after if r not in before]
+    return {r["epoch"] for r in after} == set(had) and all(
+        r["resumed_from_epoch"] >= r["epoch"] and {k: r[k] for k in TRAINED} == had[r["epoch"]] for r in told)
+
+
+def continued_without_retraining(before: list[dict], after: list[dict]) -> bool:
+    """A trial cut mid-way: its rows ``after`` keep every epoch it had ``before`` with the same values; each row
+    added since is either one of those told again (resumed_from_epoch >= its epoch) or a new epoch trained from the
+    last one it had (resumed_from_epoch = that epoch), each new epoch once."""
+    had = {r["epoch"]: {k: r[k] for k in TRAINED} for r in before}
+    last = max(had, default=0)
+    added = [r for r in after if r not in before]
+    told = [r for r in added if r["resumed_from_epoch"] >= r["epoch"]]
+    new = [r["epoch"] for r in added if r["resumed_from_epoch"] < r["epoch"]]
+    return (all(r in after for r in before) and all({k: r[k] for k in TRAINED} == had.get(r["epoch"]) for r in told)
+            and new == list(range(last + 1, last + 1 + len(new)))
+            and all(r["resumed_from_epoch"] == last for r in added if r["epoch"] in new))

@@ -17,10 +17,10 @@ import optuna
 import pytest
 import yaml
 
-from tests.helpers import REPO, trial_rows, write_space
+from tests.helpers import REPO, nothing_trained_again, trial_rows, write_space
 from tune_fusion import plots
-from tune_fusion.experiment import read_trials
-from tune_fusion.names import STUDY_FILE, Status
+from tune_fusion.experiment import open_study, read_trials
+from tune_fusion.names import LOST, Status
 from tune_fusion.search import run_search
 from tune_fusion.space import load_spec
 
@@ -46,7 +46,7 @@ def test_search_end_to_end_with_asha_stopping_trials(finished_search):
 @pytest.mark.slow
 def test_study_persisted_with_pruned_trials(finished_search):
     outcome, exp_dir = finished_search
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
+    study = open_study(exp_dir)[0]
     states = [t.state for t in study.trials]
     stopped = sum(not r[-1]["trial_finished"] for r in trial_rows(exp_dir).values())
     assert states.count(optuna.trial.TrialState.PRUNED) == stopped
@@ -60,7 +60,7 @@ def test_study_persisted_with_pruned_trials(finished_search):
 @pytest.mark.slow
 def test_every_epoch_is_an_intermediate_value_of_its_optuna_trial(finished_search):
     outcome, exp_dir = finished_search
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
+    study = open_study(exp_dir)[0]
     rows = trial_rows(exp_dir)
     for trial in study.trials:
         epochs = rows[f"trial_{trial.user_attrs['ray_trial_id']}"]
@@ -75,7 +75,7 @@ def test_warm_start_feeds_exactly_the_earlier_trials(finished_search, tmp_path):
     from tune_fusion.warm_start import feed_earlier_trials
 
     outcome, exp_dir = finished_search
-    earlier = optuna.load_study(study_name="tiny", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
+    earlier = open_study(exp_dir)[0]
     spec = load_spec(Path(exp_dir).parent.parent / "tiny.yaml")
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'new.db'}")
     assert feed_earlier_trials(exp_dir, spec, storage, "new") == 6
@@ -163,21 +163,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, cache_dir, prepared):
     for name, rows in done_before.items():
         assert nothing_trained_again(rows, after[name])  # finished trials are not run again
     assert len(after) == 4 and all(r[-1]["trial_finished"] for r in after.values())
-    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
+    study = open_study(exp_dir)[0]
     assert len([t for t in study.trials if t.state.is_finished()]) >= 4
     assert "best validation MAE" in output
-
-
-TRAINED = ("epoch", "train_loss", "train_mae", "val_mae", "best_val_mae", "trial_finished")
-
-
-def nothing_trained_again(before: list[dict], after: list[dict]) -> bool:
-    """A trial's rows ``after`` the resume hold the epochs it had ``before`` with the same values, and each row added
-    since repeats one from the checkpoint's history (resumed_from_epoch >= its epoch): told again, not trained."""
-    had = {r["epoch"]: {k: r[k] for k in TRAINED} for r in before}
-    told = [r for r in after if r not in before]
-    return {r["epoch"] for r in after} == set(had) and all(
-        r["resumed_from_epoch"] >= r["epoch"] and {k: r[k] for k in TRAINED} == had[r["epoch"]] for r in told)
 
 
 @pytest.mark.slow
@@ -212,8 +200,9 @@ def test_trials_that_ended_after_rays_last_snapshot_are_not_trained_again(tmp_pa
         searching.clear()
         watcher.join()
     assert snapshot
-    study = optuna.load_study(study_name="lag", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
+    study = open_study(exp_dir)[0]
     told = sorted((t.number, t.state, t.value) for t in study.trials)
+    lost = study.ask().number  # as a trial begun just before a hard stop: in the study, not in Ray's snapshot
     before = trial_rows(exp_dir)
     for name, content in snapshot.items():
         (exp_dir / name).write_bytes(content)
@@ -224,8 +213,10 @@ def test_trials_that_ended_after_rays_last_snapshot_are_not_trained_again(tmp_pa
     for name, rows in before.items():
         assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["trial_finished"] == 1
         assert after[name] != rows and nothing_trained_again(rows, after[name])  # Ray ran it again, it trained nothing
-    study = optuna.load_study(study_name="lag", storage=f"sqlite:///{exp_dir / STUDY_FILE}")
-    assert sorted((t.number, t.state, t.value) for t in study.trials) == told  # nothing told twice, nothing new
+    study = open_study(exp_dir)[0]
+    closed = study.trials[lost]  # closed as lost, not left running for ever
+    assert closed.state == optuna.trial.TrialState.FAIL and LOST in closed.user_attrs
+    assert sorted((t.number, t.state, t.value) for t in study.trials if t.number != lost) == told  # nothing twice
     trials = read_trials(exp_dir)
     assert [(t.status, [r["epoch"] for r in t.history]) for t in trials] == [(Status.COMPLETED, [1, 2, 3])] * 2
 
@@ -250,7 +241,7 @@ def test_trials_that_cannot_train_end_with_their_reason_and_the_search_goes_on(t
     assert reasons == ["", "config_error", "text_scale_exploded"]
     finite = [v for r in outcome.results for v in r.metrics_dataframe["val_mae"] if v != float("inf")]
     assert outcome.best_val_mae == pytest.approx(min(finite))
-    study = optuna.load_study(study_name="faulty", storage=f"sqlite:///{outcome.experiment_dir}/{STUDY_FILE}")
+    study = open_study(Path(outcome.experiment_dir))[0]
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # the config error failed; the exploded trial has a value
     trials = read_trials(Path(outcome.experiment_dir))  # the analysis draws the two that trained, and only them

@@ -230,12 +230,13 @@ def test_a_bad_warm_start_is_a_one_line_error_before_ray_starts(tmp_path):
 
 
 def test_parameter_importance_counts_only_the_trials_the_search_trained(tmp_path):
+    from tune_fusion.experiment import study_storage
     from tune_fusion.importance import parameter_importance
     from tune_fusion.names import REPEAT_OF, STUDY_FILE, WARM_START_FROM
 
     folder = tmp_path / "exp"
     folder.mkdir()
-    study = optuna.create_study(study_name="exp", storage=f"sqlite:///{folder / STUDY_FILE}")
+    study = optuna.create_study(study_name="exp", storage=study_storage(folder / STUDY_FILE))
     rate = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
     fusion = optuna.distributions.CategoricalDistribution([True, False])
 

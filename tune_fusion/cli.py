@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from tune_fusion.config import FIELDS, KEY_ALIASES, option_help, option_type
-from tune_fusion.errors import TuneFusionError
+from tune_fusion.errors import EXIT_INTERRUPTED, Interrupted, TuneFusionError
 
-__all__ = ["add_config_options", "config_overrides", "run"]
+__all__ = ["STOP_SIGNALS", "add_config_options", "config_overrides", "ignore_stop_signals", "run", "stop_early_on_signals"]
 
 
 def add_config_options(parser: argparse.ArgumentParser, sections: Iterable[str]) -> None:
@@ -35,13 +36,38 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run ``main``; a TuneFusionError becomes one line on stderr and exit status 2, not a traceback."""
+    """Run ``main``; a TuneFusionError becomes one line on stderr and exit status 2, not a traceback; a clean stop
+    by a signal (``Interrupted``) one line and EXIT_INTERRUPTED (75)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         main(argv)
     except TuneFusionError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)  # SLURM's time-limit warning; preemption, scancel, ray job stop
+
+
+def stop_early_on_signals(what: str) -> None:
+    """Until ``what`` starts, SIGUSR1 and SIGTERM end the command with ``Interrupted`` (exit 75: nothing to save
+    yet, so running it again loses nothing)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Interrupted(f"stopped by {signal.Signals(signum).name} before {what} started; nothing to save: run the "
+                          "same command again")
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
+
+
+def ignore_stop_signals() -> None:
+    """After the work has ended, a late SIGUSR1 or SIGTERM has nothing left to stop."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)

@@ -17,7 +17,15 @@ from ray import tune
 from tune_fusion.names import CONSOLE_WORDS, trial_outcome
 from tune_fusion.units import with_unit
 
-__all__ = ["TrialLines", "format_value", "quiet_console"]
+__all__ = ["TrialLines", "format_value", "quiet_console", "say"]
+
+_started = time.monotonic()  # when this process's search started; the console's times count from it
+
+
+def say(text: str) -> None:
+    """One console line, stamped with the time since the search started (``[  m:ss]``)."""
+    minutes, seconds = divmod(int(time.monotonic() - _started), 60)
+    print(f"[{minutes:3d}:{seconds:02d}] {text}", flush=True)
 
 
 class TrialLines(tune.Callback):
@@ -26,11 +34,15 @@ class TrialLines(tune.Callback):
 
     def __init__(self, target: str) -> None:
         self.target = target
-        self.start = time.monotonic()
+
+    def setup(self, **info: Any) -> None:
+        # the clock starts with the search in this process: a resumed search gets this object back from the
+        # experiment, so nothing of the earlier process's clock may live on it
+        global _started
+        _started = time.monotonic()
 
     def _line(self, text: str) -> None:
-        minutes, seconds = divmod(int(time.monotonic() - self.start), 60)
-        print(f"[{minutes:3d}:{seconds:02d}] {text}", flush=True)
+        say(text)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         job = trial.config.get("job")

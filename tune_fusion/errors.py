@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["ConfigError", "DataError", "TuneFusionError", "prefixed"]
+__all__ = ["EXIT_INTERRUPTED", "ConfigError", "DataError", "Interrupted", "TuneFusionError", "prefixed"]
 
 
 class TuneFusionError(Exception):
@@ -18,6 +18,13 @@ class ConfigError(TuneFusionError, ValueError):
 
 class DataError(TuneFusionError, ValueError):
     """A dataset, cache or checkpoint cannot be used."""
+
+
+EXIT_INTERRUPTED = 75  # sysexits.h EX_TEMPFAIL: a run stopped by a signal with its state saved; run it again to go on
+
+
+class Interrupted(BaseException):  # noqa: N818  (like KeyboardInterrupt: no ``except Exception`` swallows it)
+    """A stop signal (SIGUSR1, SIGTERM) ended a command cleanly; the message says how to go on."""
 
 
 @contextmanager

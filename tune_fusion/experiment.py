@@ -25,19 +25,19 @@ from tune_fusion.names import (
     CHECKPOINT_FILE,
     FINISHED,
     METRIC,
+    OLD_STUDY_FILE,
     RUN_FILES,
     SPACE_FILE,
-    STUDY_FILE,
     Status,
+    find_study,
     is_uri,
-    study_path,
     trial_outcome,
 )
 from tune_fusion.results import Confirmation, FusedVsGraph
 
 __all__ = ["CONFIRM_SUFFIX", "STALE_AFTER_S", "TrialInfo", "best_of_each_kind", "best_trial",
            "is_graph_only", "locate_experiment", "open_study", "read_confirmation", "read_space", "read_trials", "run_folder",
-           "searched_params", "status_counts", "table_rows", "to_confirm", "usable_trials"]
+           "searched_params", "status_counts", "study_storage", "table_rows", "to_confirm", "usable_trials"]
 
 STALE_AFTER_S = 900.0  # a search whose files have not changed for this long is over (or its driver died)
 
@@ -231,19 +231,28 @@ def run_folder(location: str | Path) -> Path | None:
     return folder if all((folder / name).is_file() for name in RUN_FILES) else None
 
 
+def study_storage(path: Path) -> Any:
+    """Optuna's storage of the study file ``path``: the journal (``names.STUDY_FILE``, what searches write), or the
+    SQLite file of a search made before (``names.OLD_STUDY_FILE``). Optuna is imported only here."""
+    import optuna
+
+    if path.name == OLD_STUDY_FILE:
+        return optuna.storages.RDBStorage(f"sqlite:///{path}")
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
 def open_study(folder: Path, uri: str | None = None) -> tuple[Any, Path | None]:
     """The experiment's persisted Optuna study (the study named after the folder, else the file's first) and its
     file: in ``folder``, or, for an experiment given as the ``s3://``/``gs://`` ``uri``, where the search kept it
     (``names.study_path``). (None, None) when there is no study file, (None, file) when it holds no study. Optuna
     is imported only here, when asked."""
-    candidates = [folder / STUDY_FILE] + ([study_path(uri.rstrip("/"))] if uri and is_uri(uri) else [])
-    path = next((p for p in candidates if p.is_file()), None)
+    path = find_study(str(folder)) or (find_study(uri.rstrip("/")) if uri and is_uri(uri) else None)
     if path is None:
         return None, None
     import optuna
 
-    storage = f"sqlite:///{path}"
-    names = optuna.get_all_study_names(storage)
+    storage = study_storage(path)
+    names = [s.study_name for s in storage.get_all_studies()]
     if not names:
         return None, path
     return optuna.load_study(study_name=folder.name if folder.name in names else names[0], storage=storage), path

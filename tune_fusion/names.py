@@ -12,16 +12,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BEST_VAL_MODEL", "CHECKPOINT_FILE", "CONSOLE_WORDS", "DEFAULT_STORAGE", "FINISHED", "HISTORY_TRAIN",
+__all__ = ["BEST_VAL_MODEL", "CHECKPOINT_FILE", "CONSOLE_WORDS", "DEFAULT_STOP_WITHIN_S", "DEFAULT_STORAGE", "FINISHED", "HISTORY_TRAIN", "LOST",
            "HISTORY_VAL", "LAST_CHECKPOINT", "METRIC", "MODE", "OLD_PREDICTIONS_FILE", "OPTUNA_STATE",
-           "PREDICTIONS_FILE", "REPEAT_OF", "RUN_CONFIG", "RUN_FILES", "RUN_METRICS", "SPACE_FILE", "STUDY_FILE",
-           "WARM_START_FROM", "Outcome", "Status", "StopReason", "experiment_dir", "is_copy", "is_uri", "study_path",
+           "PREDICTIONS_FILE", "REPEAT_OF", "RUN_CONFIG", "RUN_FILES", "RUN_METRICS", "SPACE_FILE", "OLD_STUDY_FILE", "STUDY_FILE",
+           "WARM_START_FROM", "Outcome", "Status", "StopReason", "experiment_dir", "find_study", "is_copy", "is_uri", "study_path",
            "trial_outcome"]
 
 METRIC, MODE = "val_mae", "min"  # what every search optimises: validation MAE only
 FINISHED = "trial_finished"  # 1 on a trial's last report when it ended by itself (epochs, early stop, NaN, ...)
 CHECKPOINT_FILE = "checkpoint.pt"  # inside each of a trial's checkpoint_* folders
-STUDY_FILE = "optuna_study.db"  # the persisted Optuna study, in the experiment folder
+# the persisted Optuna study, in the experiment folder: Optuna's journal (an append-only log; its lock works on NFS,
+# Lustre and GPFS, where SQLite's does not), and the SQLite file searches before it kept (still opened)
+STUDY_FILE, OLD_STUDY_FILE = "optuna_journal.log", "optuna_study.db"
 SPACE_FILE = "search_space.json"  # the searched parameters' distributions and the target, for the analysis
 DEFAULT_STORAGE = "~/ray_results"
 # a standalone run's output folder, <output_dir>/<target>/ (python -m tune_fusion.train)
@@ -33,9 +35,11 @@ RUN_METRICS = "metrics.json"  # best validation MAE and the one test evaluation
 PREDICTIONS_FILE = "test_predictions.csv"  # jid,target,prediction of the test split, in the target's units
 OLD_PREDICTIONS_FILE = "predictions_test.csv"  # the name standalone runs used before; still read
 RUN_FILES = (HISTORY_TRAIN, BEST_VAL_MODEL)  # what tells a standalone run's folder from a search's
+DEFAULT_STOP_WITHIN_S = 120.0  # on a stop signal: how long running trials may take to end the epoch they are in
 # user attributes of study rows that ran nothing in their search: a skipped repeat (the number of the trial whose
 # result it carries) and a trial copied in by a warm start (the earlier experiment)
 REPEAT_OF, WARM_START_FROM = "repeat_of", "warm_start_from"
+LOST = "lost"  # user attribute of a study row begun just before a hard stop that Ray never recorded (never run)
 
 
 def is_copy(user_attrs: dict) -> bool:
@@ -127,10 +131,15 @@ def experiment_dir(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}" if is_uri(storage) else str(Path(storage).expanduser().resolve() / name)
 
 
-def study_path(exp_dir: str) -> Path:
+def study_path(exp_dir: str, file: str = STUDY_FILE) -> Path:
     """The persisted Optuna study: in the experiment directory, or, for s3:// or gs:// storage, in a local folder
-    named by a hash of the experiment's URI (SQLite needs a local file)."""
+    named by a hash of the experiment's URI (the journal needs a file system)."""
     if not is_uri(exp_dir):
-        return Path(exp_dir) / STUDY_FILE
+        return Path(exp_dir) / file
     key = hashlib.sha256(exp_dir.rstrip("/").encode()).hexdigest()[:16]
-    return Path("~/.cache/tune-fusion/studies").expanduser() / key / STUDY_FILE
+    return Path("~/.cache/tune-fusion/studies").expanduser() / key / file
+
+
+def find_study(exp_dir: str) -> Path | None:
+    """The study file an experiment has (the journal, or an older search's SQLite file), or None."""
+    return next((p for p in (study_path(exp_dir, f) for f in (STUDY_FILE, OLD_STUDY_FILE)) if p.is_file()), None)

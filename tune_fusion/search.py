@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,19 @@ from tune_fusion.console import TrialLines, quiet_console
 from tune_fusion.data import prepare
 from tune_fusion.data.publish import publish, published_root
 from tune_fusion.errors import ConfigError
-from tune_fusion.names import DEFAULT_STORAGE, METRIC, MODE, SPACE_FILE, experiment_dir, is_uri, study_path
+from tune_fusion.experiment import study_storage
+from tune_fusion.interrupt import StopWhenAsked, stop_signals
+from tune_fusion.names import (
+    DEFAULT_STOP_WITHIN_S,
+    DEFAULT_STORAGE,
+    METRIC,
+    MODE,
+    SPACE_FILE,
+    experiment_dir,
+    find_study,
+    is_uri,
+    study_path,
+)
 from tune_fusion.searcher import FusionOptunaSearch, make_sampler
 from tune_fusion.space import DefineByRun, SearchSpec, space_summary
 from tune_fusion.trainable import train_trial
@@ -37,6 +50,9 @@ __all__ = ["CHECKPOINTS_KEPT", "DEFAULT_STORAGE", "SearchRun", "best_checkpoint_
            "make_run_config", "make_trainable", "mean_predictor_mae", "publish_on_cluster", "run_search", "trial_name"]
 
 CHECKPOINTS_KEPT = 2  # per trial: the latest (resume) and the one before (in case the latest write was cut)
+# how often Ray writes its snapshot of the search (its own default is 10 s or more): a search stopped hard resumes from
+# it, and a trial begun after it is lost (searcher.FusionOptunaSearch.restore)
+SNAPSHOT_EVERY_S = "1"
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,7 @@ class SearchRun:
     best: tune.Result | None
     target: str
     mean_predictor_mae: float
+    stopped_by: str | None = None  # the signal that stopped the search before its end (it is saved: --resume)
 
     @property
     def best_val_mae(self) -> float | None:
@@ -68,16 +85,26 @@ def trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def check_experiment(exp_dir: str, resume: bool) -> None:
-    """``--resume`` needs an experiment to continue; a new search must not write into an old one."""
+def check_experiment(exp_dir: str, resume: bool | str) -> bool:
+    """``--resume`` needs an experiment to continue; a new search must not write into an old one. ``resume="auto"``
+    (a requeued job's next run) continues the experiment when there is one to continue and starts it otherwise,
+    over what a run stopped before its first trial left. Returns whether the search resumes."""
+    if resume == "auto":
+        if tune.Tuner.can_restore(exp_dir):
+            return True
+        leftovers = not is_uri(exp_dir) and any(Path(exp_dir).glob("trial_*"))
+        if not leftovers:
+            return False
+        resume = True  # trials but no state to restore them from: the error below says so
     if resume and not tune.Tuner.can_restore(exp_dir):
         raise ConfigError(f"no search to continue at {exp_dir}; check the storage and name, or start a new search "
                           "instead of resuming")
-    exists = study_path(exp_dir).exists() or (not is_uri(exp_dir) and Path(exp_dir).exists()
+    exists = find_study(exp_dir) is not None or (not is_uri(exp_dir) and Path(exp_dir).exists()
                                               and any(Path(exp_dir).iterdir()))
     if not resume and exists:
         raise ConfigError(f"experiment {exp_dir} already exists: resume it to continue, or give the new search "
                           "another name")
+    return bool(resume)
 
 
 def publish_on_cluster(data: Any, storage: str, address: str | None) -> str | None:
@@ -90,10 +117,12 @@ def publish_on_cluster(data: Any, storage: str, address: str | None) -> str | No
     return published
 
 
-def make_trainable(cache_name: str, published: str | None, base: dict[str, Any], resources: dict[str, float]) -> Any:
-    """``train_trial`` with the cache it reads and the resources each trial asks for."""
-    return tune.with_resources(
-        tune.with_parameters(train_trial, cache_name=cache_name, published=published, base=base), resources)
+def make_trainable(cache_name: str, published: str | None, base: dict[str, Any], resources: dict[str, float],
+                   run_id: str | None = None) -> Any:
+    """``train_trial`` with the cache it reads, the resources each trial asks for, and the driver run whose stop
+    request it obeys."""
+    return tune.with_resources(tune.with_parameters(train_trial, cache_name=cache_name, published=published,
+                                                    base=base, run_id=run_id), resources)
 
 
 def make_run_config(name: str, storage: str, verbose: bool, target: str) -> tune.RunConfig:
@@ -104,29 +133,30 @@ def make_run_config(name: str, storage: str, verbose: bool, target: str) -> tune
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         failure_config=tune.FailureConfig(max_failures=2),
         verbose=1 if verbose else 0,
-        callbacks=None if verbose else [TrialLines(target)],
+        callbacks=[StopWhenAsked()] + ([] if verbose else [TrialLines(target)]),
     )
 
 
 def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storage: str, name: str, resume: bool,
-                verbose: bool = True, warm_start: tuple[str, ...] = ()) -> tune.Tuner:
+                verbose: bool = True, warm_start: tuple[str, ...] = (), run_id: str | None = None) -> tune.Tuner:
     """The Tuner of search ``name`` under ``storage``: the repeat-skipping searcher on the persisted study (warm-started
     from ``warm_start``), ASHA or FIFO, the trainable on the prepared cache ``cache_name``; or, with ``resume``, the
     interrupted search restored from storage."""
     trainable = make_trainable(cache_name, published, spec.base.to_dict(),
-                               {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+                               {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}, run_id)
     exp_dir = experiment_dir(storage, name)
     quiet_console(verbose)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_EVERY_S)  # read by Ray Tune when the search starts
     if resume:
         return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
     study = study_path(exp_dir)
     study.parent.mkdir(parents=True, exist_ok=True)
-    study_storage = optuna.storages.RDBStorage(f"sqlite:///{study}")
+    storage_of_study = study_storage(study)
     for source in warm_start:
-        feed_earlier_trials(source, spec, study_storage, name)
+        feed_earlier_trials(source, spec, storage_of_study, name)
     searcher = FusionOptunaSearch(
         space=DefineByRun(spec.params, spec.base), metric=METRIC, mode=MODE, sampler=make_sampler(spec),
-        points_to_evaluate=list(spec.searcher.points_to_evaluate) or None, storage=study_storage, study_name=name,
+        points_to_evaluate=list(spec.searcher.points_to_evaluate) or None, storage=storage_of_study, study_name=name,
     )
     if spec.scheduler.type == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.scheduler.max_t,
@@ -145,39 +175,51 @@ def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storag
 
 
 def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFAULT_STORAGE, name: str | None = None,
-               resume: bool = False, verbose: bool = True, warm_start: tuple[str, ...] = ()) -> SearchRun:
+               resume: bool | str = False, verbose: bool = True, warm_start: tuple[str, ...] = (),
+               stop_within_s: float = DEFAULT_STOP_WITHIN_S) -> SearchRun:
     """Prepare the data once, then run (or ``resume``) the search; returns the results and the best trial.
 
     ``address`` None starts a fresh local Ray; ``"auto"`` or ``HOST:PORT`` joins a running cluster, where
     ``storage`` must be shared storage (checked) and the prepared cache is published there for every node.
     ``verbose`` False prints one line per trial event instead of Ray's status tables and warnings.
     ``warm_start``: folders of earlier searches whose finished trials the new study starts from.
+    ``resume="auto"``: continue the experiment if there is one, else start it. SIGUSR1 or SIGTERM stop the search
+    cleanly (``tune_fusion.interrupt``; running trials get ``stop_within_s`` to end their epoch): the result says
+    ``stopped_by``, and a resume continues it.
     """
     name = name or spec.name
     storage = storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
     exp_dir = experiment_dir(storage, name)
-    check_experiment(exp_dir, resume)
+    resume = check_experiment(exp_dir, resume)
     for source in warm_start:  # a bad source is an error before Ray starts
         feed_earlier_trials(source, spec, optuna.storages.InMemoryStorage(), name)
-    started = connect(address, verbose=verbose)
-    try:
-        check_resources(spec, local=address is None)
-        check_shared(storage, "storage")
-        data, built = prepare(spec.base.data, parallel_map)  # Ray tasks: every node of a cluster helps
-        log.info("prepared data %s (%s)", data.path, "built now" if built else "already prepared")
-        published = publish_on_cluster(data, storage, address)
-        if not is_uri(exp_dir):  # what the analysis needs to know of the space (log-scale axes, units)
-            Path(exp_dir).mkdir(parents=True, exist_ok=True)
-            (Path(exp_dir) / SPACE_FILE).write_text(json.dumps(space_summary(spec), indent=1))
-        tuner = build_tuner(spec, data.path.name, published, storage, name, resume, verbose, warm_start)
-        results = tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()
+    with stop_signals(stop_within_s) as stop:
+        started = connect(address, verbose=verbose)
+        try:
+            data, results = _search(spec, address, storage, name, resume, verbose, warm_start, stop.run_id)
+        finally:
+            if started:
+                ray.shutdown()
     finished = [r for r in results if r.metrics and METRIC in (r.metrics_dataframe if r.metrics_dataframe is not None
                                                                else {})]
     best = min(finished, key=lambda r: float(r.metrics_dataframe[METRIC].min()), default=None)
-    return SearchRun(exp_dir, results, best, spec.base.data.target, mean_predictor_mae(data))
+    return SearchRun(exp_dir, results, best, spec.base.data.target, mean_predictor_mae(data), stop.signal)
+
+
+def _search(spec: SearchSpec, address: str | None, storage: str, name: str, resume: bool, verbose: bool,
+            warm_start: tuple[str, ...], run_id: str) -> tuple[Any, tune.ResultGrid]:
+    """On a connected Ray: the checks, the data, the Tuner, its run."""
+    exp_dir = experiment_dir(storage, name)
+    check_resources(spec, local=address is None)
+    check_shared(storage, "storage")
+    data, built = prepare(spec.base.data, parallel_map)  # Ray tasks: every node of a cluster helps
+    log.info("prepared data %s (%s)", data.path, "built now" if built else "already prepared")
+    published = publish_on_cluster(data, storage, address)
+    if not is_uri(exp_dir):  # what the analysis needs to know of the space (log-scale axes, units)
+        Path(exp_dir).mkdir(parents=True, exist_ok=True)
+        (Path(exp_dir) / SPACE_FILE).write_text(json.dumps(space_summary(spec), indent=1))
+    tuner = build_tuner(spec, data.path.name, published, storage, name, resume, verbose, warm_start, run_id)
+    return data, tuner.fit()
 
 
 def best_checkpoint_path(result: tune.Result) -> str | None:

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_fusion.names import METRIC, OPTUNA_STATE, REPEAT_OF, is_copy, trial_outcome
+from tune_fusion.interrupt import stopping
+from tune_fusion.names import LOST, METRIC, OPTUNA_STATE, REPEAT_OF, is_copy, trial_outcome
 from tune_fusion.space import SearchSpec
 
 __all__ = ["REPEAT_TRIES", "FusionOptunaSearch", "ask_new", "make_sampler", "tell_if_repeat"]
@@ -59,6 +60,8 @@ class FusionOptunaSearch(OptunaSearch):
     (``names.OPTUNA_STATE``: scheduler-stopped trials PRUNED, NaN-stopped or misconfigured ones FAIL)."""
 
     def suggest(self, trial_id: str) -> dict | None:
+        if stopping():  # the driver is stopping: no new trial (Tune asks again after the resume)
+            return None
         configs: list[dict | None] = []
 
         def ask() -> optuna.Trial:
@@ -78,6 +81,19 @@ class FusionOptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
             self._completed_trials.add(trial_id)
+
+    # A search stopped hard (scancel, preemption, a killed driver) resumes from Ray's last snapshot of its trials and
+    # of this searcher: a trial begun after that snapshot is open in the study (saved at each ask) but known to no
+    # one, and would stay "running" there for ever. It is closed as FAIL, marked LOST; it trained nothing yet (Ray
+    # snapshots every second, tune_fusion.search, and a trial takes longer than that to start).
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        known = {trial.number for trial in self._ot_trials.values()}
+        running = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for lost in (t for t in running if t.number not in known):
+            self._ot_study._storage.set_trial_user_attr(lost._trial_id, LOST, "begun after Ray's last snapshot of "
+                                                        "the search, which was stopped hard; never run")
+            self._ot_study.tell(lost.number, state=optuna.trial.TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         try:

@@ -21,6 +21,7 @@ from tune_fusion.config import Config
 from tune_fusion.data import load
 from tune_fusion.data.publish import fetch
 from tune_fusion.errors import DataError, TuneFusionError
+from tune_fusion.interrupt import trial_should_wait, wait_to_be_stopped
 from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, StopReason
 from tune_fusion.train import fit
 
@@ -63,10 +64,15 @@ def _use_trial_resources() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train_trial(params: dict[str, Any], cache_name: str, published: str | None, base: dict[str, Any]) -> None:
+def train_trial(params: dict[str, Any], cache_name: str, published: str | None, base: dict[str, Any],
+                run_id: str | None = None) -> None:
     """Tune function trainable: ``base`` (the fixed options) updated with the searched ``params``, trained on the
     prepared cache ``cache_name`` in this node's ``cache_dir`` (opened, never rebuilt; on a cluster, fetched once
-    per node from ``published`` when the node lacks it)."""
+    per node from ``published`` when the node lacks it). Once the driver ``run_id`` is asked to stop
+    (``tune_fusion.interrupt``), the trial trains nothing after the epoch it is in."""
+    trial_id = tune.get_context().get_trial_id()
+    if trial_should_wait(run_id):  # started as the driver was stopping
+        wait_to_be_stopped(run_id, trial_id)
     device = _use_trial_resources()
     job = params.get("job")  # a confirmation trial carries its whole configuration (tune_fusion.confirm)
     try:
@@ -91,6 +97,8 @@ def train_trial(params: dict[str, Any], cache_name: str, published: str | None, 
             save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
             tune.report({**metrics, **placement, METRIC: value, FINISHED: int(finished)},
                         checkpoint=tune.Checkpoint.from_directory(folder))
+        if not finished and trial_should_wait(run_id):  # this epoch is saved; the next one is the next driver's
+            wait_to_be_stopped(run_id, trial_id)
 
     # Ray's snapshot counts one checkpoint per epoch reported: the epochs it lacks are told again from the newest
     # checkpoint's history, not trained again (one checkpoint each, so that Ray's count stays the epochs')
