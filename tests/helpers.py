@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
+import optuna
 import yaml
 from jarvis.core.atoms import Atoms
 
 import tune_fusion  # noqa: F401  (installs the DGL compatibility step before dgl is imported)
 from tune_fusion.config import Config
+from tune_fusion.experiment import open_study
+from tune_fusion.names import LOST
 
 REPO = Path(__file__).resolve().parent.parent
 ALIGNN_FOLDER = REPO / "tests" / "data" / "alignn_sample_data"  # a copy of ../shared/data/alignn_sample_data (NIST)
@@ -131,13 +135,46 @@ def nothing_trained_again(before: list[dict], after: list[dict]) -> bool:
 
 def continued_without_retraining(before: list[dict], after: list[dict]) -> bool:
     """A trial cut mid-way: its rows ``after`` keep every epoch it had ``before`` with the same values; each row
-    added since is either one of those told again (resumed_from_epoch >= its epoch) or a new epoch trained from the
-    last one it had (resumed_from_epoch = that epoch), each new epoch once."""
+    added since is either an epoch told again from its checkpoint (resumed_from_epoch >= its epoch: one it had, or
+    one trained just before the stop whose row the stopped driver never wrote) or a new epoch trained on from that
+    checkpoint, never from an older one than it had reported, each new epoch once."""
     had = {r["epoch"]: {k: r[k] for k in TRAINED} for r in before}
-    last = max(had, default=0)
     added = [r for r in after if r not in before]
     told = [r for r in added if r["resumed_from_epoch"] >= r["epoch"]]
-    new = [r["epoch"] for r in added if r["resumed_from_epoch"] < r["epoch"]]
-    return (all(r in after for r in before) and all({k: r[k] for k in TRAINED} == had.get(r["epoch"]) for r in told)
-            and new == list(range(last + 1, last + 1 + len(new)))
-            and all(r["resumed_from_epoch"] == last for r in added if r["epoch"] in new))
+    new = [r for r in added if r["resumed_from_epoch"] < r["epoch"]]
+    start = new[0]["resumed_from_epoch"] if new else max(had, default=0)
+    return (all(r in after for r in before)
+            and all({k: r[k] for k in TRAINED} == had[r["epoch"]] for r in told if r["epoch"] in had)
+            and start >= max(had, default=0)
+            and [r["epoch"] for r in new] == list(range(start + 1, start + 1 + len(new))))
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while not (value := condition()):
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+    return value
+
+
+def assert_search_whole(exp_dir: Path, trials: int, before: dict[str, list[dict]]) -> dict:
+    """Every trial finished; those finished before an interruption were not run again; no epoch trained twice; each
+    trial is in the study once, finished. (A trial lost at a hard stop may leave a folder with no epoch in it.)"""
+    rows = {name: got for name, got in trial_rows(exp_dir).items() if got}
+    assert len(rows) == trials and all(r[-1]["trial_finished"] for r in rows.values()), {
+        k: [(x["epoch"], x["trial_finished"]) for x in r] for k, r in rows.items()}
+    for trial, had in before.items():
+        kept = nothing_trained_again if had and had[-1]["trial_finished"] else continued_without_retraining
+        assert kept(had, rows[trial]), (trial, [(r["epoch"], r["resumed_from_epoch"]) for r in rows[trial]])
+    for trial, got in rows.items():  # epochs told again after a resume are copies (resumed_from_epoch >= epoch)
+        trained = [r["epoch"] for r in got if r["resumed_from_epoch"] < r["epoch"]]
+        assert len(trained) == len(set(trained)), (trial, trained)  # no epoch trained twice
+        assert {r["epoch"] for r in got} == set(range(1, got[-1]["epoch"] + 1)), trial  # and every one reported
+    study = open_study(exp_dir)[0]
+    # a trial begun within the second before a hard stop is in no snapshot of Ray's: closed as lost, never run
+    lost = [t for t in study.trials if LOST in t.user_attrs]
+    assert all(t.state == optuna.trial.TrialState.FAIL and not t.intermediate_values for t in lost)
+    ran = [t.user_attrs.get("ray_trial_id") for t in study.trials if t not in lost]
+    assert sorted(ran) == sorted(name.removeprefix("trial_") for name in rows), ran  # each trial once
+    assert all(t.state.is_finished() for t in study.trials)
+    return rows

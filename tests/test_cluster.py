@@ -2,12 +2,14 @@
 ``ray start``, token authentication on, each worker with its own HOME and in its own mount namespace where the
 head's cache folder is hidden (an empty tmpfs over it), so the only folder all nodes share is the storage.
 ``run_search.py --address`` drives real searches on it: with the workers up, with workers joining after the search
-started, and with a worker killed mid-search."""
+started, with a worker killed mid-search, and as a Ray job (submitted, followed, stopped and resumed through the
+head's dashboard on 127.0.0.1)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, tiny_config, trial_rows, write_space
+from tests.helpers import REPO, assert_search_whole, tiny_config, trial_rows, wait_for, write_space
 
 
 def _can_unshare() -> bool:
@@ -53,8 +55,9 @@ class Cluster:
     HEAD_IP = "127.0.0.2"  # every node its own loopback address (127.0.0.1 itself Ray rewrites to the LAN address)
 
     def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
+        self.root, self.port, dashboard_port = root, free_port(), free_port()
         self.address = f"{self.HEAD_IP}:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{dashboard_port}"  # Ray Jobs' address, on loopback only
         self.cache = root / "cache"  # the driver's cache_dir; hidden from every worker
         self.storage = root / "storage"  # shared by all nodes
         self.head_home = root / "head"
@@ -67,7 +70,8 @@ class Cluster:
                        capture_output=True, timeout=120)
         # --block keeps the head's processes in this test's own session, so stopping it touches no other Ray here
         self.head = subprocess.Popen(["ray", "start", "--head", f"--node-ip-address={self.HEAD_IP}",
-                                      f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false",
+                                      f"--port={self.port}", "--num-cpus=0", "--dashboard-host=127.0.0.1",
+                                      f"--dashboard-port={dashboard_port}",
                                       "--disable-usage-stats", "--block"], env=self.env(self.head_home, **DEATH_NOTICED_IN_3_S),
                                      stdout=open(root / "head.log", "w"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -256,3 +260,59 @@ def test_a_driver_without_the_token_gets_one_line_saying_what_to_do(cluster, spa
         assert done.returncode == 2, done.stderr[-2000:]
         assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert "token" in done.stderr and "RAY_AUTH_MODE=token" in done.stderr
+
+
+def ray_job(cluster: Cluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The ``ray job`` CLI against the head's dashboard, with the cluster's token (as on a laptop after
+    ``ray get-auth-token``)."""
+    command, *rest = args
+    return subprocess.run(["ray", "job", command, "--address", cluster.dashboard, *rest],
+                          env=cluster.env(cluster.head_home), capture_output=True, text=True, timeout=timeout)
+
+
+def submit_search(cluster: Cluster, space: Path, name: str, *flags: str) -> str:
+    """``ray job submit --no-wait`` of the search; returns the job's id."""
+    wait = json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}})  # ray job stop's grace before SIGKILL
+    search = (f"cd {REPO} && {sys.executable} run_search.py --address auto --storage {cluster.storage} --space {space} "
+              f"--name {name} --stop-within 30 {' '.join(flags)}")
+    done = ray_job(cluster, "submit", "--no-wait", "--runtime-env-json", wait, "--", "bash", "-c", search)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return re.search(r"raysubmit_\w+", done.stdout + done.stderr).group(0)
+
+
+def job_status(cluster: Cluster, job: str) -> str:
+    out = ray_job(cluster, "status", job)
+    said = out.stdout + out.stderr  # "Status for job '...': PENDING", "Job '...' was stopped", "... succeeded"
+    found = re.findall(r"(?:Status for job '\w+': |Job '\w+' (?:was |is |has )?(?:currently )?)"
+                       r"(pending|running|stopped|succeeded|failed)", said, flags=re.IGNORECASE)
+    assert found, said
+    return found[-1].upper()
+
+
+def test_a_search_submitted_as_a_ray_job_is_followed_stopped_cleanly_and_resumed(cluster, tmp_path):
+    if not cluster.node_names(alive_only=True):
+        cluster.add_worker("worker_j")
+    trials = 3
+    space = write_space(cluster.root / "jobs.yaml", cluster.cache, num_samples=trials, epochs=30, fifo=True,
+                        batch_size=4)  # trials of ~15 s: the stop lands mid-search
+    exp_dir = cluster.storage / "jobs"
+    job = submit_search(cluster, space, "jobs")
+    follow = subprocess.Popen(["ray", "job", "logs", "--address", cluster.dashboard, "--follow", job],
+                              env=cluster.env(cluster.head_home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    wait_for(lambda: sum(len(r) for r in trial_rows(exp_dir).values()) >= 3, 300, "three epochs")
+    stopped = ray_job(cluster, "stop", job, timeout=180)  # SIGTERM to the driver; waits until the job has stopped
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    console = follow.communicate(timeout=120)[0]
+    assert "stop asked by SIGTERM" in console and "stopped by SIGTERM; the search is saved" in console, console[-3000:]
+    assert "== Status ==" not in console and "Traceback" not in console  # the quiet console, as in a shell
+    assert job_status(cluster, job) == "STOPPED"
+    before = trial_rows(exp_dir)
+    assert sum(bool(r and r[-1]["trial_finished"]) for r in before.values()) < trials  # really mid-search
+
+    again = submit_search(cluster, space, "jobs", "--resume")
+    wait_for(lambda: job_status(cluster, again) in ("SUCCEEDED", "FAILED", "STOPPED"), 400, "the resumed job")
+    logs = ray_job(cluster, "logs", again).stdout
+    assert job_status(cluster, again) == "SUCCEEDED", logs[-3000:]
+    assert "best validation MAE" in logs
+    assert_search_whole(exp_dir, trials, before)
