@@ -85,6 +85,49 @@ def test_warm_start_feeds_exactly_the_earlier_trials(finished_search, tmp_path):
     assert all(t.user_attrs["warm_start_from"] == str(exp_dir) for t in fed)
 
 
+def _dashboard_get(app, path: str) -> tuple[str, object]:
+    """One GET of optuna-dashboard's WSGI app: its status line and JSON body."""
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    answer: list[str] = []
+    body = b"".join(app(environ, lambda status, headers, *exc: answer.append(status)))
+    return answer[0], json.loads(body)
+
+
+@pytest.mark.slow
+def test_the_study_is_a_journal_that_the_dashboard_opens_and_an_old_sqlite_study_still_opens(finished_search,
+                                                                                               tmp_path):
+    import shutil
+
+    import optuna_dashboard
+
+    from tune_fusion.importance import parameter_importance
+    from tune_fusion.names import OLD_STUDY_FILE, STUDY_FILE
+    from tune_fusion.warm_start import feed_earlier_trials
+
+    outcome, exp_dir = finished_search
+    journal = exp_dir / STUDY_FILE
+    assert journal.is_file() and not (exp_dir / OLD_STUDY_FILE).exists()  # NFS-safe: a journal, not SQLite
+    status, studies = _dashboard_get(optuna_dashboard.wsgi(str(journal)), "/api/studies")  # what its CLI opens
+    assert status.startswith("200") and [s["study_name"] for s in studies["study_summaries"]] == [exp_dir.name]
+    status, study = _dashboard_get(optuna_dashboard.wsgi(str(journal)),
+                                   f"/api/studies/{studies['study_summaries'][0]['study_id']}")
+    assert status.startswith("200") and len(study["trials"]) == 6
+
+    # a search made before the journal: its SQLite study still feeds --warm-start and parameter importance
+    old = tmp_path / exp_dir.name
+    shutil.copytree(exp_dir, old, ignore=shutil.ignore_patterns(STUDY_FILE, "*.pt"))
+    optuna.copy_study(from_study_name=exp_dir.name, from_storage=open_study(exp_dir)[0]._storage,
+                      to_storage=f"sqlite:///{old / OLD_STUDY_FILE}")
+    assert not (old / STUDY_FILE).exists() and open_study(old)[1] == old / OLD_STUDY_FILE
+    assert [t.params for t in open_study(old)[0].trials] == [t.params for t in open_study(exp_dir)[0].trials]
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'new.db'}")
+    assert feed_earlier_trials(old, load_spec(exp_dir.parent.parent / "tiny.yaml"), storage, "new") == 6
+    assert "no Optuna study" not in parameter_importance(old)[1]
+
+
 @pytest.mark.slow
 def test_conditional_parameters_follow_their_conditions(finished_search):
     outcome, _ = finished_search
