@@ -52,7 +52,16 @@ class TrialInfo:
     history: list[dict[str, Any]]
     status: Status
     reason: str
-    checkpoint: Path | None
+    found_checkpoint: Path | None  # the newest checkpoint when the trial was read
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The trial's newest checkpoint: the one found when it was read, or, where a running trial has since
+        replaced it (a trial keeps its last two), the newest one there now."""
+        if self.found_checkpoint is None or self.found_checkpoint.is_file():
+            return self.found_checkpoint
+        newer = sorted(self.path.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+        return newer[-1] if newer else None
 
     @property
     def epochs(self) -> int:

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BEST_VAL_MODEL", "CHECKPOINT_FILE", "CONSOLE_WORDS", "DEFAULT_STOP_WITHIN_S", "DEFAULT_STORAGE", "FINISHED", "HISTORY_TRAIN", "LOST",
+__all__ = ["BEST_VAL_MODEL", "CHECKPOINT_FILE", "CONSOLE_WORDS", "DEFAULT_STOP_WITHIN_S", "DEFAULT_STORAGE", "FINISHED", "HISTORY_TRAIN", "LEASE_FILE", "LOST",
            "HISTORY_VAL", "LAST_CHECKPOINT", "METRIC", "MODE", "OLD_PREDICTIONS_FILE", "OPTUNA_STATE",
            "PREDICTIONS_FILE", "REPEAT_OF", "RUN_CONFIG", "RUN_FILES", "RUN_METRICS", "SPACE_FILE", "OLD_STUDY_FILE", "STUDY_FILE",
            "WARM_START_FROM", "Outcome", "Status", "StopReason", "experiment_dir", "find_study", "is_copy", "is_uri", "study_path",
@@ -24,6 +24,7 @@ CHECKPOINT_FILE = "checkpoint.pt"  # inside each of a trial's checkpoint_* folde
 # the persisted Optuna study, in the experiment folder: Optuna's journal (an append-only log; its lock works on NFS,
 # Lustre and GPFS, where SQLite's does not), and the SQLite file searches before it kept (still opened)
 STUDY_FILE, OLD_STUDY_FILE = "optuna_journal.log", "optuna_study.db"
+LEASE_FILE = "driver_lease.json"  # the running driver's lease on its experiment (tune_fusion.lease)
 SPACE_FILE = "search_space.json"  # the searched parameters' distributions and the target, for the analysis
 DEFAULT_STORAGE = "~/ray_results"
 # a standalone run's output folder, <output_dir>/<target>/ (python -m tune_fusion.train)

@@ -22,15 +22,17 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from tune_fusion.cluster import check_resources, check_shared, connect, parallel_map
-from tune_fusion.console import TrialLines, quiet_console
+from tune_fusion.console import TrialLines, quiet_console, say
 from tune_fusion.data import prepare
 from tune_fusion.data.publish import publish, published_root
 from tune_fusion.errors import ConfigError
 from tune_fusion.experiment import study_storage
 from tune_fusion.interrupt import StopWhenAsked, stop_signals
+from tune_fusion.lease import hold, refuse_if_held
 from tune_fusion.names import (
     DEFAULT_STOP_WITHIN_S,
     DEFAULT_STORAGE,
+    LEASE_FILE,
     METRIC,
     MODE,
     SPACE_FILE,
@@ -100,7 +102,7 @@ def check_experiment(exp_dir: str, resume: bool | str) -> bool:
         raise ConfigError(f"no search to continue at {exp_dir}; check the storage and name, or start a new search "
                           "instead of resuming")
     exists = find_study(exp_dir) is not None or (not is_uri(exp_dir) and Path(exp_dir).exists()
-                                              and any(Path(exp_dir).iterdir()))
+                                              and any(p.name != LEASE_FILE for p in Path(exp_dir).iterdir()))
     if not resume and exists:
         raise ConfigError(f"experiment {exp_dir} already exists: resume it to continue, or give the new search "
                           "another name")
@@ -185,15 +187,19 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
     ``warm_start``: folders of earlier searches whose finished trials the new study starts from.
     ``resume="auto"``: continue the experiment if there is one, else start it. SIGUSR1 or SIGTERM stop the search
     cleanly (``tune_fusion.interrupt``; running trials get ``stop_within_s`` to end their epoch): the result says
-    ``stopped_by``, and a resume continues it.
+    ``stopped_by``, and a resume continues it. While it runs the driver holds the experiment's lease: a second
+    driver of the same experiment is refused (``tune_fusion.lease``).
     """
     name = name or spec.name
     storage = storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
     exp_dir = experiment_dir(storage, name)
+    gone = refuse_if_held(exp_dir)  # one driver per experiment (tune_fusion.lease)
     resume = check_experiment(exp_dir, resume)
+    if gone is not None:
+        say(f"the driver that ran this experiment is gone ({gone.describe()}): this one takes it over")
     for source in warm_start:  # a bad source is an error before Ray starts
         feed_earlier_trials(source, spec, optuna.storages.InMemoryStorage(), name)
-    with stop_signals(stop_within_s) as stop:
+    with hold(exp_dir), stop_signals(stop_within_s) as stop:
         started = connect(address, verbose=verbose)
         try:
             data, results = _search(spec, address, storage, name, resume, verbose, warm_start, stop.run_id)
