@@ -110,6 +110,55 @@ def test_na_targets_dropped_and_corrupt_structures_skipped_by_id(tmp_path, sampl
     assert data.meta["counts"]["dropped_target"] == 2 and len(data.ids) == 8
 
 
+def test_a_repeated_id_keeps_its_first_entry_in_every_format(tmp_path, sample_records):
+    rows = [dict(r) for r in sample_records[:8]]
+    again = {**rows[5], "jid": rows[2]["jid"], "formation_energy_peratom": 9.0}  # a second entry of one id
+    _, records, report = records_of(str(write_json(tmp_path / "rep.json", [*rows, again])))
+    assert [r.jid for r in records] == [r["jid"] for r in rows] and report.repeated_id == [rows[2]["jid"]]
+    assert next(r.target for r in records if r.jid == rows[2]["jid"]) == rows[2]["formation_energy_peratom"]
+
+    folder = tmp_path / "alignn"  # an ALIGNN folder listing one structure file twice
+    shutil.copytree(ALIGNN_FOLDER, folder)
+    lines = (folder / "id_prop.csv").read_text().splitlines()
+    (folder / "id_prop.csv").write_text("\n".join([*lines, lines[0].split(",")[0] + ",1.5"]) + "\n")
+    _, records, report = records_of(str(folder), target="optb88vdw_bandgap")
+    assert len(records) == len(lines) and report.repeated_id == [Path(lines[0].split(",")[0]).stem]
+
+    path = make_description_csv(tmp_path / "fe", sample_records)  # a description.csv naming one id twice
+    with open(path, newline="") as handle:
+        table = list(csv.reader(handle))
+    with open(path, "a", newline="") as handle:
+        csv.writer(handle).writerow([table[1][0], *table[2][1:]])
+    _, records, report = records_of(str(path))
+    assert len(records) == 6 and report.repeated_id == [table[1][0]]
+
+
+def test_one_structure_under_several_ids_is_counted_and_kept_in_one_split(tmp_path, sample_records):
+    rows = [dict(r) for r in sample_records[:40]]
+    copies = [{**rows[i], "jid": f"{rows[i]['jid']}-copy{k}"} for i in (0, 3, 7) for k in (1, 2)]
+    path = write_json(tmp_path / "same.json", rows + copies + [{**rows[1], "jid": rows[1]["jid"]}])
+    shutil.copy(sidecar_path(SAMPLE_DATASET), sidecar_path(path))
+    data, _ = prepare(DataConfig(dataset=str(path), cache_dir=str(tmp_path / "c"), n_val=8, n_test=8))
+    assert data.meta["counts"]["same_structure"] == 9 and data.meta["counts"]["repeated_id"] == 1
+    log = json.loads((data.path / "prepare_log.json").read_text())
+    assert sorted(map(sorted, log["same_structure_ids"])) == sorted(
+        sorted([rows[i]["jid"], f"{rows[i]['jid']}-copy1", f"{rows[i]['jid']}-copy2"]) for i in (0, 3, 7))
+    assert log["repeated_id_ids"] == [rows[1]["jid"]]
+    split_of = {jid: name for name, ids in data.split_ids().items() for jid in ids}
+    for group in log["same_structure_ids"]:
+        assert len({split_of[jid] for jid in group}) == 1, group  # no copy of a training crystal in val or test
+
+
+def test_the_split_of_distinct_structures_is_unchanged_by_grouping():
+    plain = split_indices(50, (0.8, 0.1, 0.1), (0, 0, 0), seed=3)
+    grouped = split_indices(50, (0.8, 0.1, 0.1), (0, 0, 0), seed=3, groups=[f"s{i}" for i in range(50)])
+    assert all(np.array_equal(plain[k], grouped[k]) for k in plain)
+    together = split_indices(50, (0.8, 0.1, 0.1), (0, 0, 0), seed=3, groups=[i // 5 for i in range(50)])
+    assert sum(map(len, together.values())) == 50
+    assert all(len({i // 5 for i in together[k]} & {i // 5 for i in together[o]}) == 0
+               for k in together for o in together if k != o)
+
+
 # --- split ---------------------------------------------------------------------------------------------------
 
 def test_split_reproducible_disjoint_and_sized():

@@ -48,6 +48,9 @@ __all__ = ["CACHE_VERSION", "GRAPH_CHUNK", "SPLITS", "PreparedData", "cache_key"
 
 log = logging.getLogger(__name__)
 
+# how a view picks its records and split: 2 = repeated ids dropped, one structure's ids in one split (a view built
+# under other rules gets another folder; graphs and embeddings are reused)
+VIEW_RULES = 2
 CACHE_VERSION = 2  # version 1 (one DGL graph object per crystal) is refused with a message, never misread
 SPLITS = ("train", "val", "test")
 GRAPH_CHUNK = 200  # structures per graph-building task
@@ -112,7 +115,8 @@ def text_store_key(cfg: DataConfig) -> str:
 
 def cache_key(cfg: DataConfig, fingerprint: str) -> str:
     settings = {name: getattr(cfg, name) for name in cache_fields("view")}
-    return settings_key({"version": CACHE_VERSION, "content": fingerprint, "graphs": graph_store_key(cfg),
+    return settings_key({"version": CACHE_VERSION, "rules": VIEW_RULES, "content": fingerprint,
+                         "graphs": graph_store_key(cfg),
                          "texts": text_store_key(cfg), **settings})
 
 
@@ -187,8 +191,16 @@ def _build(cfg: DataConfig, source: Source, path: Path, parallel_map: MapFunctio
     lap("text_s")
     text_refs, new_texts = _text_rows(texts, cfg, path.parent)
     lap("embedding_s")
+    shapes = [structure_hash(r.atoms) for r in records]  # one structure under several ids: kept, in one split
+    groups: dict[str, list[str]] = {}
+    for shape, record in zip(shapes, records):
+        groups.setdefault(shape, []).append(record.jid)
+    report.same_structure = [ids for ids in groups.values() if len(ids) > 1]
+    if report.same_structure:
+        log.warning("%d crystals share their structure with another id (%d structures); each structure's copies "
+                    "stay in one split", sum(map(len, report.same_structure)), len(report.same_structure))
     split = split_indices(len(records), (cfg.train_ratio, cfg.val_ratio, cfg.test_ratio),
-                          (cfg.n_train, cfg.n_val, cfg.n_test), cfg.split_seed)
+                          (cfg.n_train, cfg.n_val, cfg.n_test), cfg.split_seed, groups=shapes)
     graph_shards, graph_ref = _ref_arrays(graph_refs)
     text_shards, text_ref = _ref_arrays(text_refs)
     view = {"ids": np.array([r.jid for r in records]), "targets": np.array([r.target for r in records], np.float64),

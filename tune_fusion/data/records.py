@@ -36,6 +36,8 @@ class RecordReport:
     total: int = 0
     dropped_target: list[str] = field(default_factory=list)
     skipped_structure: dict[str, str] = field(default_factory=dict)
+    repeated_id: list[str] = field(default_factory=list)  # later entries of an id already read: dropped
+    same_structure: list[list[str]] = field(default_factory=list)  # ids of one structure (each kept, in one split)
     kept: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -44,8 +46,12 @@ class RecordReport:
             "kept": self.kept,
             "dropped_target": len(self.dropped_target),
             "skipped_structure": len(self.skipped_structure),
+            "repeated_id": len(self.repeated_id),
+            "same_structure": sum(len(ids) for ids in self.same_structure),
             "dropped_target_ids": self.dropped_target,
             "skipped_structure_ids": self.skipped_structure,
+            "repeated_id_ids": self.repeated_id,
+            "same_structure_ids": self.same_structure,
         }
 
 
@@ -80,12 +86,18 @@ def parse_structure(structure: dict[str, Any] | Path) -> Atoms:
 
 
 def build_records(source: Source, entries: list[RawEntry], max_structures: int = 0) -> tuple[list[Record], RecordReport]:
-    """Parse and filter; raises DataError when nothing usable remains, saying why."""
+    """Parse and filter; raises DataError when nothing usable remains, saying why. An id seen before is a repeat:
+    the first entry of each id is kept and later ones are dropped (counted in ``repeated_id``), in every format."""
     report = RecordReport(total=len(entries))
     records: list[Record] = []
+    seen: set[str] = set()
     for entry in entries:
         if max_structures and len(records) >= max_structures:
             break
+        if entry.jid in seen:
+            report.repeated_id.append(entry.jid)
+            continue
+        seen.add(entry.jid)
         target = parse_target(entry.target)
         if target is None:
             report.dropped_target.append(entry.jid)
@@ -101,6 +113,10 @@ def build_records(source: Source, entries: list[RawEntry], max_structures: int =
     if report.skipped_structure:
         log.warning("skipped %d unparsable structure(s): %s", len(report.skipped_structure),
                     ", ".join(list(report.skipped_structure)[:20]))
+    if report.repeated_id:
+        log.warning("%s: dropped %d repeated entr%s of an id already read (the first is kept): %s", source.path,
+                    len(report.repeated_id), "y" if len(report.repeated_id) == 1 else "ies",
+                    ", ".join(list(dict.fromkeys(report.repeated_id))[:20]))
     if not records:
         raise DataError(
             f"no usable records in {source.path}: {report.total} read, {len(report.dropped_target)} without a finite "
