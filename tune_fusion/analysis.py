@@ -23,7 +23,7 @@ from typing import Any
 from tune_fusion import diagnostics, plots
 from tune_fusion.ablation import text_ablation
 from tune_fusion.checkpoint import checkpoint_config, load_checkpoint
-from tune_fusion.errors import ConfigError, DataError
+from tune_fusion.errors import ConfigError, DataError, reading
 from tune_fusion.experiment import (
     TrialInfo,
     best_of_each_kind,
@@ -228,16 +228,20 @@ def analyze_run(folder: str | Path, output: str | Path | None = None, *, crystal
         raise DataError(f"{folder} is not a standalone run's folder (it lacks {' or '.join(RUN_FILES)}); give the "
                         "<output_dir>/<target> folder that python -m tune_fusion.train wrote")
     out = _output(output, found)
-    history = json.loads((found / HISTORY_TRAIN).read_text())
-    validation = {row["epoch"]: row for row in json.loads((found / HISTORY_VAL).read_text())}
-    rows = [{**row, **validation.get(row["epoch"], {})} for row in history]
-    target = json.loads((found / RUN_CONFIG).read_text()).get("target", "")
+    fix = "the run was cut or the file damaged: train it again, or analyse its checkpoint with --checkpoint"
+    with reading(found / HISTORY_TRAIN, "run history", fix):
+        history = json.loads((found / HISTORY_TRAIN).read_bytes().decode("utf-8"))
+        validation = {row["epoch"]: row for row in json.loads((found / HISTORY_VAL).read_bytes().decode("utf-8"))}
+        rows = [{**row, **validation.get(row["epoch"], {})} for row in history]
+    with reading(found / RUN_CONFIG, "run configuration", fix):
+        target = json.loads((found / RUN_CONFIG).read_bytes().decode("utf-8")).get("target", "")
     run = TrialInfo(found.name, found, {}, rows, Status.COMPLETED, "", found / BEST_VAL_MODEL)
     figures = {"learning_curves": plots.save(plots.learning_curves([run], target), out / "learning_curves.png").name}
     scales = plots.text_scale_curves([run])
     if scales:
         figures["text_scale"] = plots.save(scales, out / "text_scale.png").name
-    metrics = json.loads((found / RUN_METRICS).read_text()) if (found / RUN_METRICS).is_file() else {}
+    with reading(found / RUN_METRICS, "run metrics", fix):
+        metrics = json.loads((found / RUN_METRICS).read_bytes().decode()) if (found / RUN_METRICS).is_file() else {}
     predictions = read_predictions(found)  # test_predictions.csv, or the older predictions_test.csv
     if predictions is not None:
         figure = plots.parity(predictions["target"], predictions["prediction"], target,

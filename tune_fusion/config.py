@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tune_fusion.errors import ConfigError, prefixed
+from tune_fusion.errors import ConfigError, prefixed, reading
 
 __all__ = ["DEFAULT_TEXT_ENCODER", "FIELDS", "GRAPH_BACKENDS", "KEY_ALIASES", "NOT_SEARCHED", "PACKAGE_ROOT",
            "PLACE_OPTIONS", "SAMPLE_DATASET", "SECTIONS", "TARGET_ALIASES", "TEXT_VECTORS", "Config", "DataConfig",
@@ -281,7 +281,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     import yaml
 
     try:
-        with open(path, encoding="utf-8") as handle:
+        with reading(path, "config file", "save it as UTF-8 JSON or YAML", ConfigError), \
+                open(path, encoding="utf-8") as handle:
             values = yaml.safe_load(handle)  # YAML is a superset of JSON
     except OSError as err:
         raise ConfigError(f"config file {path}: cannot read it ({err.strerror})") from None

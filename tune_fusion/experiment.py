@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tune_fusion.errors import DataError
+from tune_fusion.errors import DataError, first_line, reading
 from tune_fusion.names import (
     CHECKPOINT_FILE,
     FINISHED,
@@ -117,21 +117,26 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     """A trial's reported rows, one per epoch: a resumed trial reports again, from its checkpoint, the epochs Ray's
     snapshot lacked (``tune_fusion.trainable``); the last row of an epoch holds."""
     rows: dict[Any, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
+    if path.is_file():  # bytes that are not UTF-8 or not JSON (a corrupt file) are skipped like a half-written line
+        for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
                 row = json.loads(line)
             except ValueError:  # the line a running trial is writing
                 continue
-            rows[row.get("epoch")] = row
+            if isinstance(row, dict):
+                rows[row.get("epoch")] = row
     return list(rows.values())
 
 
 def _read_params(path: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        params = json.loads(path.read_text())
     except (OSError, ValueError):  # absent, or being written
-        return dict(rows[-1].get("config", {})) if rows else {}
+        params = None
+    if isinstance(params, dict):
+        return params
+    config = rows[-1].get("config") if rows else None
+    return dict(config) if isinstance(config, dict) else {}
 
 
 def _ray_states(folder: Path) -> dict[str, str]:
@@ -139,7 +144,7 @@ def _ray_states(folder: Path) -> dict[str, str]:
     files = sorted(folder.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
     try:
         entries = json.loads(files[-1].read_text()).get("trial_data", []) if files else []
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return {}
     states = {}
     for entry in entries:
@@ -260,19 +265,29 @@ def open_study(folder: Path, uri: str | None = None) -> tuple[Any, Path | None]:
         return None, None
     import optuna
 
-    storage = study_storage(path)
-    names = [s.study_name for s in storage.get_all_studies()]
-    if not names:
-        return None, path
-    return optuna.load_study(study_name=folder.name if folder.name in names else names[0], storage=storage), path
+    try:
+        storage = study_storage(path)
+        names = [s.study_name for s in storage.get_all_studies()]
+        if not names:
+            return None, path
+        return optuna.load_study(study_name=folder.name if folder.name in names else names[0], storage=storage), path
+    except Exception as err:  # Optuna raises many types on a cut or corrupt journal or database
+        raise DataError(f"Optuna study {path} cannot be read ({type(err).__name__}: {first_line(err)}); it is "
+                        "corrupt: restore it from a backup (the trials' own results are intact: the analysis still "
+                        "reads them)") from None
 
 
 def read_space(folder: Path) -> dict[str, Any]:
-    """The search's ``search_space.json`` (target and distributions), or {} for searches that did not write one."""
-    try:
-        return json.loads((folder / SPACE_FILE).read_text())
-    except (OSError, ValueError):
+    """The search's ``search_space.json`` (target and distributions), or {} for searches that did not write one;
+    a DataError when the file is there but is not one."""
+    path = folder / SPACE_FILE
+    if not path.is_file():
         return {}
+    with reading(path, "search summary", "delete it (it only sets the plots' axes) or copy it from a backup"):
+        space = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(space, dict) or not isinstance(space.get("params", {}), dict):
+            raise ValueError("not a mapping with a 'params' mapping")
+    return space
 
 
 def is_graph_only(trial: TrialInfo, default: bool) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tune_fusion.errors import DataError
 from tune_fusion.experiment import open_study
 from tune_fusion.names import STUDY_FILE, is_copy
 
@@ -21,7 +22,10 @@ def parameter_importance(folder: Path, experiment: str | None = None) -> tuple[d
     ``experiment`` the study is where the search kept it (``tune_fusion.names.study_path``)."""
     import optuna
 
-    stored, found = open_study(folder, experiment)
+    try:
+        stored, found = open_study(folder, experiment)
+    except DataError as err:  # a corrupt study: the rest of the analysis goes on
+        return {}, f"{err}; parameter importance not computed"
     if found is None:
         return {}, f"no Optuna study ({STUDY_FILE}) found for {folder.name}: parameter importance not computed"
     if stored is None:

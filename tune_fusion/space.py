@@ -41,7 +41,7 @@ from tune_fusion.config import (
     parse_layers,
     suggest,
 )
-from tune_fusion.errors import ConfigError, prefixed
+from tune_fusion.errors import ConfigError, first_line, prefixed, reading
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TOP_LEVEL = ("dataset", "fixed", "search", "scheduler", "searcher", "resources", "num_samples", "max_concurrent",
@@ -174,11 +174,12 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> S
                               "search_spaces/quickstart.yaml")
         path, source = shipped, str(shipped)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with reading(source, "search space", "save it as UTF-8 YAML", ConfigError):
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"{source}:{line} is not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+        raise ConfigError(f"{source}:{line} is not valid YAML ({first_line(getattr(err, 'problem', None) or err)}); fix the syntax") from None
     return parse_spec(raw or {}, source, overrides or {})
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tune_fusion.config import TARGET_ALIASES
-from tune_fusion.errors import DataError
+from tune_fusion.errors import DataError, reading
 
 __all__ = ["ALIGNN_CSV", "DESCRIPTION_CSV", "FORMATS", "RawEntry", "Source", "locate", "published_layout",
            "read_entries", "sidecar_path"]
@@ -153,7 +153,8 @@ def _cif_dir(csv_path: Path) -> Path:
 
 def _read_csv(path: Path, layout: tuple[int, int, str]) -> list[list[str]]:
     expected_columns, value_column, columns_help = layout
-    with open(path, newline="", encoding="utf-8") as handle:
+    with reading(path, "dataset table", f"it must be a UTF-8 CSV of {columns_help}"), \
+            open(path, newline="", encoding="utf-8") as handle:
         rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
     if not rows:
         raise DataError(f"{path} is empty; it needs rows of: {columns_help}")
@@ -206,7 +207,7 @@ def _dft3d_entries(path: Path, target: str) -> list[RawEntry]:
 
 
 def _load_json_records(path: Path) -> Any:
-    try:
+    with reading(path, "dataset", "download it again or point --dataset at a dft_3d-style .json, .json.gz or .zip"):
         if path.name.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as archive:
                 members = [n for n in archive.namelist() if n.endswith(".json")]
@@ -216,8 +217,6 @@ def _load_json_records(path: Path) -> Any:
         opener = gzip.open if path.name.lower().endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as handle:
             return json.load(handle)
-    except (json.JSONDecodeError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as err:
-        raise DataError(f"{path} cannot be read as dft_3d JSON: {err}") from None
 
 
 def published_layout(root_dir: str, target: str) -> str:

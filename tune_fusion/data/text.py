@@ -26,6 +26,7 @@ from typing import Any
 from jarvis.core.atoms import Atoms
 
 from tune_fusion.data.pool import MapFunction
+from tune_fusion.errors import DataError, reading
 
 __all__ = ["COLUMNS", "DescriptionStore", "clean_text", "describe", "describe_chunk", "fill_descriptions",
            "jarvis_text", "read_descriptions", "robocrys_text", "structure_hash", "write_descriptions"]
@@ -115,8 +116,14 @@ class DescriptionStore:
 
 def read_descriptions(path: Path) -> dict[str, tuple[str, str, str]]:
     """``{structure_hash: (jid, method, description)}``."""
-    with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
-        return {row["structure_hash"]: (row["jid"], row["method"], row["description"]) for row in csv.DictReader(handle)}
+    with reading(path, "descriptions file", f"it must be a gzipped UTF-8 CSV with columns {','.join(COLUMNS)}: "
+                 "replace it, or delete it (descriptions are then generated again)"), \
+            gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
+        found = {row["structure_hash"]: (row["jid"], row["method"], row["description"]) for row in csv.DictReader(handle)}
+    if not all(isinstance(v, str) for entry in found.values() for v in entry):
+        raise DataError(f"descriptions file {path} has rows with missing columns; replace it, or delete it "
+                        "(descriptions are then generated again)")
+    return found
 
 
 def write_descriptions(path: Path, entries: dict[str, tuple[str, str, str]]) -> None:
