@@ -63,6 +63,32 @@ def epochs_reported(exp_dir: Path) -> int:
     return sum(len(rows) for rows in trial_rows(exp_dir).values())
 
 
+def boundary(log: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The time lost between two runs of the job, from its log: seconds from the time-limit warning to the driver's
+    exit, to Ray stopped, to the next run's start, to Ray up again, and to its first trial started (the console's
+    own clock, which starts with the driver); and each run's wall time."""
+    stamps: dict[str, float] = {}
+    marks = {"warning": "SIGUSR1: the time limit is near", "driver_exited": "the driver has ended (exit 75)",
+             "ray_stopped": "Ray stopped on", "next_run": "run 2:", "ray_up_again": "Ray is up on",
+             "first_run": "run 1:", "ended": "the search has ended"}
+    for line in log.splitlines():
+        found = re.match(r"\[(\d\d):(\d\d):(\d\d)\] slurm: (.*)", line)
+        if found:
+            h, m, sec, text = found.groups()
+            for mark, words in marks.items():
+                if words in text and mark not in stamps and (mark != "ray_up_again" or "next_run" in stamps):
+                    stamps[mark] = 3600 * int(h) + 60 * int(m) + int(sec)
+        elif "ray_up_again" in stamps and "first_trial" not in stamps:
+            trial = re.match(r"\[\s*(\d+):(\d\d)\] trial \S+ started", line)
+            if trial:
+                stamps["first_trial"] = stamps["ray_up_again"] + 60 * int(trial.group(1)) + int(trial.group(2))
+    order = ["warning", "driver_exited", "ray_stopped", "next_run", "ray_up_again", "first_trial"]
+    lost = {f"{a}->{b}_s": stamps[b] - stamps[a] for a, b in zip(order, order[1:]) if a in stamps and b in stamps}
+    walls = {"run_1_s": stamps.get("ray_stopped", 0) - stamps.get("first_run", 0),
+             "run_2_s": stamps.get("ended", 0) - stamps.get("next_run", 0)}
+    return lost, walls
+
+
 def test_a_two_node_search_that_outlives_its_time_limit_goes_on_in_the_next_run(slurm, cache_dir, tmp_path):
     """The time limit is real: the job runs until some epochs are done, then its limit is cut to 2 minutes with
     `scontrol update` (SLURM checks limits every 30 s, so a limit set at submission would land the warning anywhere
@@ -91,6 +117,9 @@ def test_a_two_node_search_that_outlives_its_time_limit_goes_on_in_the_next_run(
     log = log_of(slurm, job)
     assert "run 2" in log and "the search has ended: not requeued" in log, log[-3000:]
     rows = assert_search_whole(exp_dir, trials, before)
+    lost, walls = boundary(log)
+    assert len(lost) == 5 and all(0 <= v < 120 for v in lost.values()), lost
+    print(f"job {job}: wall time per run {walls}; time lost at the boundary {lost}")  # shown by pytest -rP
     assert {row["node_ip"] for r in rows.values() for row in r} == set(SlurmCluster.NODE_IPS.values())  # both nodes
     fetched = {row["node_ip"] for r in rows.values() for row in r if row["cache_fetch_mb"] > 0}
     assert fetched == {SlurmCluster.NODE_IPS["n2"]}  # only n2, which cannot see the driver's cache, copied it
