@@ -14,18 +14,16 @@ worth (text ablation), export and a Markdown report (``report.md`` in the output
 
 from __future__ import annotations
 
-import argparse
 from typing import TYPE_CHECKING
 
-from tune_fusion.cli import run
+from tune_fusion.cli import Parser, run
 
 if TYPE_CHECKING:
     from tune_fusion.results import Analysis
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = Parser(description=__doc__)
     parser.add_argument("experiment", nargs="?", metavar="EXPERIMENT_DIR",
                         help="the search's folder (or its s3://, gs:// URI) as run_search.py printed it, or a "
                              "standalone training run's output folder")

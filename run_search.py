@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tune_fusion.cli import ignore_stop_signals, run, stop_early_on_signals
+from tune_fusion.cli import Parser, ignore_stop_signals, run, stop_early_on_signals
 from tune_fusion.errors import EXIT_INTERRUPTED
 from tune_fusion.experiment import read_trials, status_counts
 from tune_fusion.names import DEFAULT_STOP_WITHIN_S, DEFAULT_STORAGE
@@ -25,8 +25,7 @@ def flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = Parser(description=__doc__)
     parser.add_argument("--space", default="search_spaces/quickstart.yaml", help="search-space YAML file")
     parser.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: a local Ray)")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="experiment storage: a path or s3://, gs://")

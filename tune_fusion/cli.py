@@ -3,16 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import signal
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 from tune_fusion.config import FIELDS, KEY_ALIASES, option_help, option_type
-from tune_fusion.errors import EXIT_INTERRUPTED, Interrupted, TuneFusionError
+from tune_fusion.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, TuneFusionError
 
-__all__ = ["STOP_SIGNALS", "add_config_options", "config_overrides", "ignore_stop_signals", "run", "stop_early_on_signals"]
+__all__ = ["STOP_SIGNALS", "Parser", "add_config_options", "config_overrides", "ignore_stop_signals", "run",
+           "stop_early_on_signals"]
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are a ``ConfigError`` (one line under ``run``, no usage dump) and whose unknown flags get the nearest known
+    one: ``error: unrecognized argument --num-sample; did you mean --num-samples?``. Abbreviations are off."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            flags = [u for u in unknown if u.startswith("-")]
+            if not flags:
+                self.error(f"unexpected argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}")
+            name = flags[0].split("=", 1)[0]
+            close = difflib.get_close_matches(name, list(self._option_string_actions), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f"; {self.prog} --help lists the flags"
+            self.error(f"unrecognized argument {name}{hint}")
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message}")  # run() prints it as one line, exit status 2
 
 
 def add_config_options(parser: argparse.ArgumentParser, sections: Iterable[str]) -> None:
@@ -27,7 +53,7 @@ def add_config_options(parser: argparse.ArgumentParser, sections: Iterable[str])
         flags += [f"--{aliases[name]}"] if name in aliases else []
         extra: dict[str, Any] = {"nargs": "?", "const": "True"} if option_type(name) is bool else {}
         group.add_argument(*flags, dest=name, default=None, metavar=option_type(name).__name__.upper(),
-                           help=option_help(name), **extra)
+                           help=option_help(name).replace("%", "%%"), **extra)  # help is a %-format
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
