@@ -74,11 +74,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_summary(found: Analysis) -> None:
-    """The table and how the trials ended, the best trial with its one test result, the checkpoint's validation MAE,
-    what the text is worth, the confirmation runs, and where the report is."""
+    """The table and how the trials ended, the best trial with its one test result, each checkpoint's diagnosis in a
+    few lines (validation MAE, text_scale, node/text ratio, cosines, alpha, the guide's checks), the comparison, the
+    text scaling, what the text is worth, the confirmation runs, and where every file went."""
+    from tune_fusion.report import diagnosis_lines
     from tune_fusion.units import with_unit
 
-    target, search = found.target, found.search
+    target, search = found.target or _target(found), found.search
     if search:
         print(search.table_text)
         print(f"\n{search.status_counts}")
@@ -89,14 +91,37 @@ def print_summary(found: Analysis) -> None:
                   f"{with_unit(best.test_rmse, target)} on {best.test_crystals} crystals")
     checkpoint = found.run or found.checkpoint
     if checkpoint:
-        print(f"validation MAE of {checkpoint.checkpoint.path}: {with_unit(checkpoint.checkpoint.val_mae, target)}")
+        print("\n".join(diagnosis_lines(f"checkpoint {checkpoint.checkpoint.path}", checkpoint.checkpoint.diagnosis,
+                                         target)))
+    if found.compare:
+        c = found.compare
+        print(f"compared on the same {c.crystals} validation crystals: MAE of B minus A "
+              f"{with_unit(c.val_mae_difference_b_minus_a, target)}")
+        for label, summary in (("A", c.a), ("B", c.b)):
+            print("\n".join(diagnosis_lines(f"{label} {summary['checkpoint']}", summary, target)))
+    if found.scale_text:
+        s = found.scale_text
+        print(f"text_transform x{s.scale_factor:g}: validation MAE {with_unit(s.val_mae_before, target)} before, "
+              f"{with_unit(s.val_mae_after, target)} after, on {s.val_crystals} crystals")
+        for label, summary in (("before", s.before), (f"x{s.scale_factor:g}", s.after)):
+            print("\n".join(line.replace("  ", f"  {label} ", 1) for line in diagnosis_lines("", summary, target)[1:]))
+        print(f"scaled checkpoint: {s.scaled_checkpoint}")
     for label, ablation in (found.main.ablation.models if found.main else {}).items():
         print(f"{label}: {ablation['verdict']}")
     if search and search.confirmation:
         for row in search.confirmation.rows:
             print(f"confirmed {row['configuration']}: validation MAE {row['mean_val_mae']:.4f} ± "
                   f"{row['std_val_mae']:.4f} over {row['seeds']} seeds")
+    if search and search.export:
+        print(f"exported checkpoint: {search.export}")
+    print(f"files (tables, figures, diagnostics): {found.output}")
     print(f"report: {found.report}")
+
+
+def _target(found: Analysis) -> str:
+    """The target of a comparison or a text scaling, which have no main part."""
+    part = found.compare.a if found.compare else found.scale_text.before if found.scale_text else {}
+    return part.get("target", "")
 
 
 if __name__ == "__main__":
