@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import analyze_trials
@@ -76,3 +77,45 @@ def test_more_crystals_than_the_split_holds_says_so(run_folder, tmp_path, capsys
     assert re.search(r"500 crystals asked for \(--crystals\), but the val split holds (\d+): all \1 are used",
                      caplog.text), caplog.text
     assert any("validation crystals" in line for line in lines)
+
+
+def _no_generation(*args, **kwargs):
+    raise AssertionError("a description was generated for a structure whose description is known")
+
+
+@pytest.mark.slow
+def test_predict_reads_known_descriptions_instead_of_generating_them(run_folder, sample_records, tmp_path,
+                                                                     monkeypatch):
+    from jarvis.core.atoms import Atoms
+
+    from tune_fusion.data import text
+    from tune_fusion.data.sources import sidecar_path
+    from tune_fusion.data.text import DescriptionStore, read_descriptions, structure_hash
+    from tune_fusion.export import load_model
+
+    model = load_model(run_folder / "best_val_model.pt")
+    assert re.fullmatch(r"FusionPredictor\(target='formation_energy_peratom', unit='eV/atom', model: middle fusion at "
+                        r"layers 0,1 \(0-based\), cross-modal attention, [\d,]+ parameters, device=cpu\)", repr(model)), repr(model)
+    records = sample_records[:5]  # dft_3d records: no description of their own
+    for name in ("describe_chunk", "robocrys_text", "jarvis_text"):
+        monkeypatch.setattr(text, name, _no_generation)
+    monkeypatch.setattr("tune_fusion.export.process_map", _no_generation, raising=False)
+    model.cfg = model.cfg.replace({"cache_dir": str(tmp_path)})  # an empty cache: the sample data's file answers
+    shipped = model.predict(records)
+    moved = Atoms.from_dict(records[0]["atoms"])
+    coords = moved.frac_coords.copy()
+    coords[0, 0] += 0.01  # a structure the sample data does not describe, but the prepared cache's store does
+    moved = Atoms(lattice_mat=moved.lattice_mat, coords=coords, elements=moved.elements, cartesian=False)
+    store = DescriptionStore(tmp_path / "descriptions.csv.gz")
+    store.add(structure_hash(moved), "moved-1", "robocrys", "A described structure.")
+    store.save()
+    assert model.predict([moved]).shape == (1,)
+    shipped_texts = read_descriptions(sidecar_path(SAMPLE_DATASET))
+    with_text = model.predict([{**r, "description": shipped_texts[structure_hash(Atoms.from_dict(r["atoms"]))][2]}
+                               for r in records])
+    assert np.allclose(shipped, with_text)  # the shipped descriptions are the ones used
+    monkeypatch.setattr(text, "describe_chunk", lambda chunk: [("An unknown structure.", "robocrys")] * len(chunk))
+    monkeypatch.setattr("tune_fusion.export.process_map", lambda fn, items, desc: [fn(i) for i in items])
+    coords[0, 0] += 0.01
+    model.predict([Atoms(lattice_mat=moved.lattice_mat, coords=coords, elements=moved.elements, cartesian=False)])
+    assert len(DescriptionStore(tmp_path / "descriptions.csv.gz").entries) == 2  # generated once, kept for next time
