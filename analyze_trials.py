@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", "--top_k", type=int, default=5, help="trials drawn in the text_scale plot")
     parser.add_argument("--diagnose", type=int, default=0, metavar="K",
                         help="fusion diagnostics of the K best checkpoints on the validation split")
-    parser.add_argument("--crystals", type=int, default=0, metavar="N",
-                        help="validation crystals for --diagnose, --compare, --checkpoint and --scale-text (0 = all)")
+    parser.add_argument("--crystals", "--n_samples", "--n-samples", type=int, default=0, metavar="N",
+                        help="validation crystals for --diagnose, --compare, --checkpoint and --scale-text (0 = all; "
+                             "--n_samples is the original scripts' name)")
     parser.add_argument("--export", nargs="?", const="", metavar="DIR",
                         help="export the best checkpoint (best_model.pt, config, metrics); default DIR: "
                              "<output>/export")
@@ -53,7 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", "--cache_dir", help="where the prepared caches are, when not where the search "
                                                            "put them")
     parser.add_argument("--verbose", action="store_true", help="with --confirm: Ray's own output")
+    parser.add_argument("--root_dir", "--root-dir", metavar="DIR",
+                        help="the original scripts' dataset folder: not needed here (refused with what to do instead)")
     args = parser.parse_args(argv)
+    if args.root_dir:
+        from tune_fusion.errors import ConfigError
+
+        raise ConfigError(f"--root_dir {args.root_dir}: not needed, a checkpoint names its dataset and prepared cache "
+                          "and they are read from there; drop --root_dir (and give --cache-dir DIR if the prepared "
+                          "caches moved)")
 
     if args.confirm:
         from tune_fusion.confirm import confirm

@@ -102,8 +102,8 @@ def check_experiment(exp_dir: str, resume: bool | str) -> bool:
     exists = find_study(exp_dir) is not None or (not is_uri(exp_dir) and Path(exp_dir).exists()
                                               and any(Path(exp_dir).iterdir()))
     if not resume and exists:
-        raise ConfigError(f"experiment {exp_dir} already exists: resume it to continue, or give the new search "
-                          "another name")
+        raise ConfigError(f"experiment {exp_dir} already exists: continue it with --resume, or give the new search "
+                          "another name with --name NAME")
     return bool(resume)
 
 
