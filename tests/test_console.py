@@ -15,8 +15,8 @@ from matplotlib.text import Text
 
 from tests.helpers import REPO, write_space
 from tune_fusion import plots
-from tune_fusion.experiment import status_counts
-from tune_fusion.names import Status
+from tune_fusion.experiment import open_study, status_counts
+from tune_fusion.names import DRIVER_LOG, STUDY_FILE, Status
 from tune_fusion.units import axis_label, unit, with_unit
 
 
@@ -154,9 +154,17 @@ def test_the_quiet_console_is_short_and_ends_with_a_summary(tmp_path, cache_dir,
     assert len(lines) < 80 and "Traceback" not in out.stdout + out.stderr
     assert len([line for line in lines if re.search(r"trial \w+ started", line)]) == 2  # the original flag's count
     assert len([line for line in lines if re.search(r"trial \w+ (completed|stopped|diverged)", line)]) == 2
-    summary = "\n".join(lines[-7:])
-    assert re.search(r"2 trials in \d+ min \d+ s: \d completed, \d stopped early by the scheduler, 0 diverged, "
-                     r"0 errored", summary), summary
+    summary = "\n".join(lines[-9:])
+    assert re.search(r"2 trials: \d completed, \d stopped early by the scheduler, 0 diverged, 0 errored \(data "
+                     r"preparation \d+ min \d+ s, search \d+ min \d+ s\)", summary), summary
     assert re.search(r"best validation MAE: 0\.\d{4} eV/atom .*training mean scores 0\.\d{4} eV/atom", summary)
     assert "tensorboard --logdir" in summary and "python analyze_trials.py" in summary
+    experiment = tmp_path / "r" / "tiny"
+    assert f"       optuna-dashboard {experiment / STUDY_FILE}" in lines
+    assert lines[1] == "fusion layers are 0-based ALIGNN block indices: this model has 2 blocks (0, 1)"
     assert "driver_artifacts" not in out.stdout and "WARNING" not in out.stdout
+    assert "INFO" not in out.stderr, out.stderr[-2000:]  # library INFO lines go to the log file only
+    assert lines[-1] == f"log:   {experiment / DRIVER_LOG}"
+    assert "INFO tune_fusion.search: prepared data" in (experiment / DRIVER_LOG).read_text()
+    study, _ = open_study(experiment)
+    assert study.metric_names == ["val_mae (eV/atom)"]  # what optuna-dashboard names the objective

@@ -13,8 +13,8 @@ from typing import Any, NoReturn
 from tune_fusion.config import FIELDS, KEY_ALIASES, option_help, option_type
 from tune_fusion.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, TuneFusionError
 
-__all__ = ["STOP_SIGNALS", "Parser", "add_config_options", "config_overrides", "ignore_stop_signals", "run",
-           "stop_early_on_signals"]
+__all__ = ["STOP_SIGNALS", "Parser", "add_config_options", "config_overrides", "console_warnings_only",
+           "ignore_stop_signals", "run", "stop_early_on_signals"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -76,6 +76,15 @@ def run(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def console_warnings_only() -> None:
+    """The quiet console: log lines below WARNING (the library's INFO, and other libraries' such as
+    sentence-transformers' or matplotlib's) leave the terminal; a log file may still take them
+    (``tune_fusion.console.log_to_file``)."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "stream", None) in (sys.stderr, sys.stdout) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(max(handler.level, logging.WARNING))
 
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)  # SLURM's time-limit warning; preemption, scancel, ray job stop

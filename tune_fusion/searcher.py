@@ -16,8 +16,14 @@ from ray.tune.search.optuna import OptunaSearch
 from tune_fusion.interrupt import stopping
 from tune_fusion.names import LOST, METRIC, OPTUNA_STATE, REPEAT_OF, is_copy, trial_outcome
 from tune_fusion.space import SearchSpec
+from tune_fusion.units import unit
 
-__all__ = ["REPEAT_TRIES", "FusionOptunaSearch", "ask_new", "make_sampler", "tell_if_repeat"]
+__all__ = ["REPEAT_TRIES", "FusionOptunaSearch", "ask_new", "make_sampler", "metric_name", "tell_if_repeat"]
+
+
+def metric_name(target: str) -> str:
+    """The study's objective as optuna-dashboard shows it: ``val_mae (eV/atom)``."""
+    return f"{METRIC} ({unit(target)})"
 
 REPEAT_TRIES = 8  # proposals that repeat a finished configuration, skipped before one is run anyway
 
@@ -58,6 +64,10 @@ class FusionOptunaSearch(OptunaSearch):
     """OptunaSearch that skips proposals repeating a finished configuration (``ask_new``), tells the study each
     trial's best validation MAE (not its last epoch's), and records each trial in the state its outcome names
     (``names.OPTUNA_STATE``: scheduler-stopped trials PRUNED, NaN-stopped or misconfigured ones FAIL)."""
+
+    def name_metric(self, target: str) -> None:
+        """Name the study's objective with its unit (``metric_name``), for optuna-dashboard and Optuna's plots."""
+        self._ot_study.set_metric_names([metric_name(target)])
 
     def suggest(self, trial_id: str) -> dict | None:
         if stopping():  # the driver is stopping: no new trial (Tune asks again after the resume)
