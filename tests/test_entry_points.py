@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import runpy
+import subprocess
 import sys
 
 import pytest
@@ -39,3 +40,28 @@ def test_help_exits_0(command, monkeypatch, capsys):
             runpy.run_module(target, run_name="__main__", alter_sys=True)
     assert stopped.value.code == 0
     assert capsys.readouterr().out.startswith("usage:")
+
+
+QUIET = """
+import logging
+from tune_fusion.cli import console_warnings_only, run
+
+def main(argv):
+    logging.getLogger("sentence_transformers.base.model").info("Loading SentenceTransformer model")
+    logging.getLogger("tune_fusion.data.cache").info("prepared the cache")
+    if argv:
+        console_warnings_only()
+        logging.getLogger("tune_fusion.search").info("prepared data")
+        logging.getLogger("tune_fusion.search").warning("a warning")
+
+run(main, __import__("sys").argv[1:])
+"""
+
+
+def test_the_console_shows_only_this_librarys_info_lines_and_a_quiet_one_none():
+    loud = subprocess.run([sys.executable, "-c", QUIET], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert loud.returncode == 0, loud.stderr
+    assert "prepared the cache" in loud.stderr and "SentenceTransformer" not in loud.stderr
+    quiet = subprocess.run([sys.executable, "-c", QUIET, "quiet"], capture_output=True, text=True, cwd=REPO,
+                           timeout=120)
+    assert "prepared data" not in quiet.stderr and "WARNING tune_fusion.search: a warning" in quiet.stderr

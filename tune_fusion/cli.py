@@ -65,6 +65,8 @@ def run(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) 
     """Run ``main``; a TuneFusionError becomes one line on stderr and exit status 2, not a traceback; a clean stop
     by a signal (``Interrupted``) one line and EXIT_INTERRUPTED (75)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_own_info_only)
     try:
         main(argv)
     except TuneFusionError as err:
@@ -76,6 +78,12 @@ def run(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _own_info_only(record: logging.LogRecord) -> bool:
+    """The console's INFO lines are this library's; other libraries' (sentence-transformers loading its model,
+    matplotlib building its font cache) show from WARNING up."""
+    return record.levelno >= logging.WARNING or record.name.startswith("tune_fusion")
 
 
 def console_warnings_only() -> None:
