@@ -113,6 +113,7 @@ CASES = [
     ("prepare", lambda t: ["--dataset", str(ALIGNN_FOLDER), "--text_encoder", str(t / "MatSciBERT"),
                            "--cache_dir", str(t / "c")], "not found locally"),
     ("prepare", lambda t: ["--split_seed", "x"], "split_seed='x' is not a valid int"),
+    ("prepare", lambda t: ["--max_structure", "5"], "unrecognized argument --max_structure; did you mean --max_structures?"),
     ("analyze", lambda t: [str(t / "missing_experiment")], "does not exist"),
     ("analyze", lambda t: [not_a_search(t)], "is not a tune-fusion experiment"),
     ("analyze", lambda t: ["--scale-text", "12", "--checkpoint", corrupt_checkpoint(t), "--output", str(t / "o")],

@@ -32,10 +32,18 @@ class Parser(argparse.ArgumentParser):
             if not flags:
                 self.error(f"unexpected argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}")
             name = flags[0].split("=", 1)[0]
-            close = difflib.get_close_matches(name, list(self._option_string_actions), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(name, self._flags(), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else f"; {self.prog} --help lists the flags"
             self.error(f"unrecognized argument {name}{hint}")
         return parsed
+
+    def _flags(self) -> list[str]:
+        """Every flag of this parser and of its subcommands' parsers."""
+        flags = list(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                flags += [f for sub in action.choices.values() for f in sub._option_string_actions]
+        return flags
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{self.prog}: {message}")  # run() prints it as one line, exit status 2
