@@ -164,6 +164,7 @@ def test_the_quiet_console_is_short_and_ends_with_a_summary(tmp_path, cache_dir,
     assert lines[1] == "fusion layers are 0-based ALIGNN block indices: this model has 2 blocks (0, 1)"
     assert "driver_artifacts" not in out.stdout and "WARNING" not in out.stdout
     assert "INFO" not in out.stderr, out.stderr[-2000:]  # library INFO lines go to the log file only
+    assert "ExperimentalWarning" not in out.stderr
     assert lines[-1] == f"log:   {experiment / DRIVER_LOG}"
     assert "INFO tune_fusion.search: prepared data" in (experiment / DRIVER_LOG).read_text()
     study, _ = open_study(experiment)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import optuna
@@ -263,6 +264,8 @@ def test_the_study_names_its_objective_with_the_targets_unit(tmp_path):
     storage = study_storage(tmp_path / STUDY_FILE)  # the journal a search writes
     searcher = FusionOptunaSearch(space=three_configs, metric=METRIC, mode="min", storage=storage, study_name="s",
                                   sampler=optuna.samplers.RandomSampler(seed=0))
-    searcher.name_metric("formation_energy_peratom")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna's ExperimentalWarning would reach the quiet console
+        searcher.name_metric("formation_energy_peratom")
     assert optuna.load_study(study_name="s", storage=study_storage(tmp_path / STUDY_FILE)).metric_names == [
         "val_mae (eV/atom)"]  # what optuna-dashboard shows instead of "Objective 0"

@@ -41,7 +41,7 @@ from tune_fusion.names import (
     is_uri,
     study_path,
 )
-from tune_fusion.searcher import FusionOptunaSearch, make_sampler, metric_name
+from tune_fusion.searcher import FusionOptunaSearch, make_sampler, name_objective
 from tune_fusion.space import DefineByRun, SearchSpec, space_summary
 from tune_fusion.trainable import train_trial
 from tune_fusion.warm_start import feed_earlier_trials
@@ -155,7 +155,7 @@ def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storag
     if resume:
         study, _ = open_study(Path(exp_dir), exp_dir)
         if study is not None:  # a study made before its objective was named gets the name now
-            study.set_metric_names([metric_name(spec.base.data.target)])
+            name_objective(study, spec.base.data.target)
         return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
     study = study_path(exp_dir)
     study.parent.mkdir(parents=True, exist_ok=True)

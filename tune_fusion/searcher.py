@@ -18,12 +18,20 @@ from tune_fusion.names import LOST, METRIC, OPTUNA_STATE, REPEAT_OF, is_copy, tr
 from tune_fusion.space import SearchSpec
 from tune_fusion.units import unit
 
-__all__ = ["REPEAT_TRIES", "FusionOptunaSearch", "ask_new", "make_sampler", "metric_name", "tell_if_repeat"]
+__all__ = ["REPEAT_TRIES", "FusionOptunaSearch", "ask_new", "make_sampler", "metric_name", "name_objective",
+           "tell_if_repeat"]
 
 
 def metric_name(target: str) -> str:
     """The study's objective as optuna-dashboard shows it: ``val_mae (eV/atom)``."""
     return f"{METRIC} ({unit(target)})"
+
+
+def name_objective(study: optuna.Study, target: str) -> None:
+    """Name ``study``'s objective ``metric_name(target)`` (Optuna calls the setter experimental: no warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric_name(target)])
 
 REPEAT_TRIES = 8  # proposals that repeat a finished configuration, skipped before one is run anyway
 
@@ -67,7 +75,7 @@ class FusionOptunaSearch(OptunaSearch):
 
     def name_metric(self, target: str) -> None:
         """Name the study's objective with its unit (``metric_name``), for optuna-dashboard and Optuna's plots."""
-        self._ot_study.set_metric_names([metric_name(target)])
+        name_objective(self._ot_study, target)
 
     def suggest(self, trial_id: str) -> dict | None:
         if stopping():  # the driver is stopping: no new trial (Tune asks again after the resume)
