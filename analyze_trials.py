@@ -14,18 +14,16 @@ worth (text ablation), export and a Markdown report (``report.md`` in the output
 
 from __future__ import annotations
 
-import argparse
 from typing import TYPE_CHECKING
 
-from tune_fusion.cli import run
+from tune_fusion.cli import Parser, run
 
 if TYPE_CHECKING:
     from tune_fusion.results import Analysis
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = Parser(description=__doc__)
     parser.add_argument("experiment", nargs="?", metavar="EXPERIMENT_DIR",
                         help="the search's folder (or its s3://, gs:// URI) as run_search.py printed it, or a "
                              "standalone training run's output folder")
@@ -34,8 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", "--top_k", type=int, default=5, help="trials drawn in the text_scale plot")
     parser.add_argument("--diagnose", type=int, default=0, metavar="K",
                         help="fusion diagnostics of the K best checkpoints on the validation split")
-    parser.add_argument("--crystals", type=int, default=0, metavar="N",
-                        help="validation crystals for --diagnose, --compare, --checkpoint and --scale-text (0 = all)")
+    parser.add_argument("--crystals", "--n_samples", "--n-samples", type=int, default=0, metavar="N",
+                        help="validation crystals for --diagnose, --compare, --checkpoint and --scale-text (0 = all; "
+                             "--n_samples is the original scripts' name)")
     parser.add_argument("--export", nargs="?", const="", metavar="DIR",
                         help="export the best checkpoint (best_model.pt, config, metrics); default DIR: "
                              "<output>/export")
@@ -55,7 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", "--cache_dir", help="where the prepared caches are, when not where the search "
                                                            "put them")
     parser.add_argument("--verbose", action="store_true", help="with --confirm: Ray's own output")
+    parser.add_argument("--root_dir", "--root-dir", metavar="DIR",
+                        help="the original scripts' dataset folder: not needed here (refused with what to do instead)")
     args = parser.parse_args(argv)
+    if args.root_dir:
+        from tune_fusion.errors import ConfigError
+
+        raise ConfigError(f"--root_dir {args.root_dir}: not needed, a checkpoint names its dataset and prepared cache "
+                          "and they are read from there; drop --root_dir (and give --cache-dir DIR if the prepared "
+                          "caches moved)")
 
     if args.confirm:
         from tune_fusion.confirm import confirm
@@ -76,11 +83,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_summary(found: Analysis) -> None:
-    """The table and how the trials ended, the best trial with its one test result, the checkpoint's validation MAE,
-    what the text is worth, the confirmation runs, and where the report is."""
+    """The table and how the trials ended, the best trial with its one test result, each checkpoint's diagnosis in a
+    few lines (validation MAE, text_scale, node/text ratio, cosines, alpha, the guide's checks), the comparison, the
+    text scaling, what the text is worth, the confirmation runs, and where every file went."""
+    from tune_fusion.report import diagnosis_lines
     from tune_fusion.units import with_unit
 
-    target, search = found.target, found.search
+    target, search = found.target or _target(found), found.search
     if search:
         print(search.table_text)
         print(f"\n{search.status_counts}")
@@ -91,14 +100,37 @@ def print_summary(found: Analysis) -> None:
                   f"{with_unit(best.test_rmse, target)} on {best.test_crystals} crystals")
     checkpoint = found.run or found.checkpoint
     if checkpoint:
-        print(f"validation MAE of {checkpoint.checkpoint.path}: {with_unit(checkpoint.checkpoint.val_mae, target)}")
+        print("\n".join(diagnosis_lines(f"checkpoint {checkpoint.checkpoint.path}", checkpoint.checkpoint.diagnosis,
+                                         target)))
+    if found.compare:
+        c = found.compare
+        print(f"compared on the same {c.crystals} validation crystals: MAE of B minus A "
+              f"{with_unit(c.val_mae_difference_b_minus_a, target)}")
+        for label, summary in (("A", c.a), ("B", c.b)):
+            print("\n".join(diagnosis_lines(f"{label} {summary['checkpoint']}", summary, target)))
+    if found.scale_text:
+        s = found.scale_text
+        print(f"text_transform x{s.scale_factor:g}: validation MAE {with_unit(s.val_mae_before, target)} before, "
+              f"{with_unit(s.val_mae_after, target)} after, on {s.val_crystals} crystals")
+        for label, summary in (("before", s.before), (f"x{s.scale_factor:g}", s.after)):
+            print("\n".join(line.replace("  ", f"  {label} ", 1) for line in diagnosis_lines("", summary, target)[1:]))
+        print(f"scaled checkpoint: {s.scaled_checkpoint}")
     for label, ablation in (found.main.ablation.models if found.main else {}).items():
         print(f"{label}: {ablation['verdict']}")
     if search and search.confirmation:
         for row in search.confirmation.rows:
             print(f"confirmed {row['configuration']}: validation MAE {row['mean_val_mae']:.4f} ± "
                   f"{row['std_val_mae']:.4f} over {row['seeds']} seeds")
+    if search and search.export:
+        print(f"exported checkpoint: {search.export}")
+    print(f"files (tables, figures, diagnostics): {found.output}")
     print(f"report: {found.report}")
+
+
+def _target(found: Analysis) -> str:
+    """The target of a comparison or a text scaling, which have no main part."""
+    part = found.compare.a if found.compare else found.scale_text.before if found.scale_text else {}
+    return part.get("target", "")
 
 
 if __name__ == "__main__":

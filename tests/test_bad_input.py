@@ -86,10 +86,16 @@ CASES = [
     ("search", lambda t: ["--space", space(t, ""), "--address", "127.0.0.1:9"], "no Ray cluster answers"),
     ("search", lambda t: ["--space", space(t, ""), "--resume", "--storage", str(t / "runs")], "no search to continue"),
     ("search", lambda t: ["--space", space(t, ""), "--num-samples", "0"], "num_samples=0 must be >= 1"),
+    ("search", lambda t: ["--num-sample", "4"], "unrecognized argument --num-sample; did you mean --num-samples?"),
+    ("search", lambda t: ["--space", space(t, "path: data/jarvis_dft3d_800 => path: data/jarvis_dft3d_8000")],
+     "dataset 'data/jarvis_dft3d_8000.json.gz' not found; looked in "),
+    ("search", lambda t: ["--space", space(t, ""), "--storage", earlier_search(t)],
+     "already exists: continue it with --resume, or give the new search another name with --name"),
     ("train", lambda t: ["--use_middle_fusion", "True", "--middle_fusion_layers", "4", "--output_dir", str(t / "o")],
      "valid indices 0..3"),
     ("train", lambda t: ["--batch_size", "sixty", "--output_dir", str(t / "o")], "batch_size='sixty' is not a valid int"),
     ("train", lambda t: ["--resume", "--output_dir", str(t / "o")], "last_checkpoint.pt does not exist"),
+    ("train", lambda t: ["--learing_rate", "0.1"], "unrecognized argument --learing_rate; did you mean --learning_rate?"),
     ("train", lambda t: ["--resume", "--output_dir", cut_last_checkpoint(t)], "cannot be read"),
     ("train", lambda t: ["--dataset", "jarvis", "--output_dir", str(t / "o")], "needs --root_dir"),
     ("train", lambda t: ["--config", str(t / "missing.json")], "cannot read it"),
@@ -107,6 +113,7 @@ CASES = [
     ("prepare", lambda t: ["--dataset", str(ALIGNN_FOLDER), "--text_encoder", str(t / "MatSciBERT"),
                            "--cache_dir", str(t / "c")], "not found locally"),
     ("prepare", lambda t: ["--split_seed", "x"], "split_seed='x' is not a valid int"),
+    ("prepare", lambda t: ["--max_structure", "5"], "unrecognized argument --max_structure; did you mean --max_structures?"),
     ("analyze", lambda t: [str(t / "missing_experiment")], "does not exist"),
     ("analyze", lambda t: [not_a_search(t)], "is not a tune-fusion experiment"),
     ("analyze", lambda t: ["--scale-text", "12", "--checkpoint", corrupt_checkpoint(t), "--output", str(t / "o")],
@@ -116,7 +123,17 @@ CASES = [
     ("analyze", lambda t: ["--compare", str(t / "a.pt"), str(t / "b.pt"), "--output", str(t / "o")],
      "does not exist"),
     ("prepare", lambda t: ["--train_ratio", "0.9", "--val_ratio", "0.2"], "must be <= 1"),
+    ("analyze", lambda t: ["--checkpoint", str(t / "best_model.pt"), "--root_dir", "../dataset/"],
+     "--root_dir ../dataset/: not needed"),
 ]
+
+
+def earlier_search(tmp: Path) -> str:
+    """Storage holding a search of the name the next one would take (``space``); returns the storage."""
+    folder = tmp / "in" / "runs" / "space"
+    folder.mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(b"an earlier search")
+    return str(tmp / "in" / "runs")
 
 
 def not_a_search(tmp: Path) -> str:
@@ -164,3 +181,17 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, command,
     assert stopped.value.code == 2
     assert err.startswith("error: ") and message in err and "\n" not in err and "Traceback" not in err
     assert files_under(tmp_path) == inputs  # nothing written
+
+
+@pytest.mark.slow
+def test_resources_a_flag_asked_for_name_the_flag(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a machine with a GPU can give a trial one")
+    with pytest.raises(SystemExit) as stopped:
+        run(search_main, ["--space", space(tmp_path, ""), "--gpus-per-trial", "1", "--storage", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2 and "\n" not in err, err
+    assert "1 GPU (--gpus-per-trial) but no node has that" in err and err.endswith("pass a smaller --gpus-per-trial")
+    assert "CPU (resources.cpu in " in err  # the CPUs still come from the file

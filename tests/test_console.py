@@ -10,11 +10,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from matplotlib.markers import MarkerStyle
+from matplotlib.text import Text
 
 from tests.helpers import REPO, write_space
 from tune_fusion import plots
-from tune_fusion.experiment import status_counts
-from tune_fusion.names import Status
+from tune_fusion.experiment import open_study, status_counts
+from tune_fusion.names import DRIVER_LOG, STUDY_FILE, Status
 from tune_fusion.units import axis_label, unit, with_unit
 
 
@@ -66,7 +68,57 @@ def test_parity_names_the_property_unit_and_mae():
     ax = fig.axes[0]
     assert ax.get_xlabel() == "DFT formation_energy_peratom (eV/atom)"
     assert ax.get_ylabel() == "predicted formation_energy_peratom (eV/atom)"
-    assert "MAE 0.3333" in ax.get_legend().get_texts()[0].get_text()
+    assert "MAE 0.3333 eV/atom" in ax.get_legend().get_texts()[0].get_text()
+
+
+def test_labels_of_trials_ending_close_together_do_not_overlap():
+    close = [trial(f"{i}{i}{i}{i}eeee", Status.COMPLETED, [0.5, 0.4, 0.3 + 0.0005 * i]) for i in range(6)]
+    fig = plots.learning_curves(close + TRIALS[:1], "formation_energy_peratom")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    boxes = sorted((Text.get_window_extent(t) for t in ax.texts), key=lambda b: b.y0)  # the text, not its leader
+    assert len(boxes) == 7
+    assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:])), [(b.y0, b.y1) for b in boxes]
+
+
+def test_scatter_markers_are_the_legends_markers():
+    space = {"learning_rate": {"type": "loguniform"}, "use_cross_modal": {"type": "choice", "values": [True, False]}}
+    fig = plots.params_vs_metric(TRIALS, ["learning_rate", "use_cross_modal"], "optb88vdw_bandgap", space)
+    legend = {h.get_label(): h.get_marker() for h in fig.axes[0].get_legend().legend_handles}
+    for ax in fig.axes[:2]:
+        drawn = {c.get_label(): c.get_paths()[0] for c in ax.collections}
+        assert set(drawn) == set(legend) == {"completed", "stopped by scheduler", "diverged"}
+        for label, path in drawn.items():
+            style = MarkerStyle(legend[label])
+            expected = style.get_path().transformed(style.get_transform())
+            assert np.allclose(path.vertices, expected.vertices), label  # an "x" in the legend is an "x" drawn
+
+
+def test_a_standalone_runs_text_scale_reads_absolute_values_and_names_no_trial():
+    run = trial("formation_energy_peratom", Status.COMPLETED, [0.5, 0.4, 0.3])
+    for i, row in enumerate(run.history):
+        del row["text_scale/layer_0"]
+        row["text_scale/layer_2"] = 12.0 + 0.0004 * i  # a learned scale that barely moved
+    fig = plots.text_scale_curves([run], run="fusion_improved/formation_energy_peratom")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    ticks = [float(t.get_text().replace("−", "-")) for t in ax.get_yticklabels() if t.get_text()]
+    assert ticks and all(11.99 < v < 12.01 for v in ticks), ticks  # not 0.0002 above an offset of +1.2e1
+    assert ax.yaxis.get_offset_text().get_text() == ""
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["layer_2"] and "trial" not in ax.get_title() + ax.get_legend().get_title().get_text()
+    curves = plots.learning_curves([run], "formation_energy_peratom", run="fusion_improved/formation_energy_peratom")
+    assert not curves.axes[0].texts and "1 trials" not in curves.axes[0].get_title()
+
+
+def test_the_ablation_legend_covers_no_bar():
+    rows = [{"model": "best", "condition": c, "val_mae": v, "spread": 0.01}
+            for c, v in (("own", 0.30), ("shuffled", 0.40), ("none", 0.38))]
+    fig = plots.text_ablation_bars(rows, "formation_energy_peratom", "what the text is worth")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert ax.patches and not any(legend.overlaps(bar.get_window_extent()) for bar in ax.patches)
 
 
 def test_text_scale_is_drawn_only_when_it_moved():
@@ -89,6 +141,7 @@ def test_fusion_and_alpha_figures_explain_their_terms():
     bars = figure.axes[1]
     assert bars.get_ylim() == (0.0, 1.0)  # +-0.03 looks as small as it is
     assert [t.get_text() for t in bars.get_xticklabels()] == ["O", "Si"] and bars.get_xlabel().startswith("element")
+    assert "error bars: std of alpha over the element's atoms" in bars.get_title()
 
 
 @pytest.mark.slow
@@ -101,9 +154,18 @@ def test_the_quiet_console_is_short_and_ends_with_a_summary(tmp_path, cache_dir,
     assert len(lines) < 80 and "Traceback" not in out.stdout + out.stderr
     assert len([line for line in lines if re.search(r"trial \w+ started", line)]) == 2  # the original flag's count
     assert len([line for line in lines if re.search(r"trial \w+ (completed|stopped|diverged)", line)]) == 2
-    summary = "\n".join(lines[-7:])
-    assert re.search(r"2 trials in \d+ min \d+ s: \d completed, \d stopped early by the scheduler, 0 diverged, "
-                     r"0 errored", summary), summary
+    summary = "\n".join(lines[-9:])
+    assert re.search(r"2 trials: \d completed, \d stopped early by the scheduler, 0 diverged, 0 errored \(data "
+                     r"preparation \d+ min \d+ s, search \d+ min \d+ s\)", summary), summary
     assert re.search(r"best validation MAE: 0\.\d{4} eV/atom .*training mean scores 0\.\d{4} eV/atom", summary)
     assert "tensorboard --logdir" in summary and "python analyze_trials.py" in summary
+    experiment = tmp_path / "r" / "tiny"
+    assert f"       optuna-dashboard {experiment / STUDY_FILE}" in lines
+    assert lines[1] == "fusion layers are 0-based ALIGNN block indices: this model has 2 blocks (0, 1)"
     assert "driver_artifacts" not in out.stdout and "WARNING" not in out.stdout
+    assert "INFO" not in out.stderr, out.stderr[-2000:]  # library INFO lines go to the log file only
+    assert "ExperimentalWarning" not in out.stderr
+    assert lines[-1] == f"log:   {experiment / DRIVER_LOG}"
+    assert "INFO tune_fusion.search: prepared data" in (experiment / DRIVER_LOG).read_text()
+    study, _ = open_study(experiment)
+    assert study.metric_names == ["val_mae (eV/atom)"]  # what optuna-dashboard names the objective

@@ -17,7 +17,7 @@ import torch
 from jarvis.core.atoms import Atoms
 
 from tests.helpers import ALIGNN_FOLDER, REPO, make_description_csv, tiny_config
-from tune_fusion.config import SAMPLE_DATASET, DataConfig
+from tune_fusion.config import DEFAULT_TEXT_ENCODER, SAMPLE_DATASET, DataConfig
 from tune_fusion.data import cache as cache_mod
 from tune_fusion.data import make_loader, prepare
 from tune_fusion.data.batching import Standardizer
@@ -421,3 +421,11 @@ def test_prepare_cli_summary_and_one_line_errors(prepared, cache_dir):
     bad = subprocess.run([sys.executable, "-m", "tune_fusion.data", "prepare", "--dataset", "nope.json"],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not found" in bad.stderr
+
+
+def test_embedding_shows_one_progress_bar(capsys):
+    found = embed_texts(["A cubic crystal. It has two sentences.", "Another one."], DEFAULT_TEXT_ENCODER)
+    assert found.dim > 0
+    err = capsys.readouterr().err
+    assert "Batches" not in err and "Loading weights" not in err  # the libraries' own bars
+    assert "embedding descriptions and sentences" in err and "5/5" in err  # 2 descriptions + 3 sentences

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import optuna
@@ -253,3 +254,18 @@ def test_parameter_importance_counts_only_the_trials_the_search_trained(tmp_path
     importances, note = parameter_importance(folder)
     assert "over the 8 completed trials" in note
     assert importances["learning_rate"] > importances["use_middle_fusion"]
+
+
+def test_the_study_names_its_objective_with_the_targets_unit(tmp_path):
+    from tune_fusion.experiment import study_storage
+    from tune_fusion.names import METRIC, STUDY_FILE
+    from tune_fusion.searcher import FusionOptunaSearch
+
+    storage = study_storage(tmp_path / STUDY_FILE)  # the journal a search writes
+    searcher = FusionOptunaSearch(space=three_configs, metric=METRIC, mode="min", storage=storage, study_name="s",
+                                  sampler=optuna.samplers.RandomSampler(seed=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna's ExperimentalWarning would reach the quiet console
+        searcher.name_metric("formation_energy_peratom")
+    assert optuna.load_study(study_name="s", storage=study_storage(tmp_path / STUDY_FILE)).metric_names == [
+        "val_mae (eV/atom)"]  # what optuna-dashboard shows instead of "Objective 0"

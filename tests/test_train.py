@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +190,16 @@ def test_published_layout_via_dataset_jarvis_root_dir(tmp_path, cache_dir, sampl
                           "--output_dir", str(tmp_path / "o"), "--n_val", "2", "--n_test", "2", "--epochs", "1",
                           *tiny_flags(cache_dir)])
     assert metrics["test_crystals"] == 2
+
+
+def test_epoch_lines_say_their_time_and_throughput(prepared, cache_dir, tmp_path, caplog):
+    caplog.set_level("INFO", logger="tune_fusion")
+    train_main(["--dataset", str(SAMPLE_DATASET), "--output_dir", str(tmp_path), *tiny_flags(cache_dir), "--epochs",
+                "1"])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 1
+    assert re.fullmatch(r"epoch 1: train_mae \d+\.\d{4} val_mae \d+\.\d{4} eV/atom, \d+\.\d s \(\d+ crystals/s "
+                        r"training\)", lines[0]), lines
 
 
 def test_cli_errors_are_one_line(tmp_path):

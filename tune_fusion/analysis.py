@@ -236,8 +236,10 @@ def analyze_run(folder: str | Path, output: str | Path | None = None, *, crystal
     with reading(found / RUN_CONFIG, "run configuration", fix):
         target = json.loads((found / RUN_CONFIG).read_bytes().decode("utf-8")).get("target", "")
     run = TrialInfo(found.name, found, {}, rows, Status.COMPLETED, "", found / BEST_VAL_MODEL)
-    figures = {"learning_curves": plots.save(plots.learning_curves([run], target), out / "learning_curves.png").name}
-    scales = plots.text_scale_curves([run])
+    name = f"{found.parent.name}/{found.name}"  # <output_dir>/<target>: no trial id
+    figures = {"learning_curves": plots.save(plots.learning_curves([run], target, run=name),
+                                             out / "learning_curves.png").name}
+    scales = plots.text_scale_curves([run], run=name)
     if scales:
         figures["text_scale"] = plots.save(scales, out / "text_scale.png").name
     with reading(found / RUN_METRICS, "run metrics", fix):

@@ -3,16 +3,50 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import signal
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 from tune_fusion.config import FIELDS, KEY_ALIASES, option_help, option_type
-from tune_fusion.errors import EXIT_INTERRUPTED, Interrupted, TuneFusionError
+from tune_fusion.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, TuneFusionError
 
-__all__ = ["STOP_SIGNALS", "add_config_options", "config_overrides", "ignore_stop_signals", "run", "stop_early_on_signals"]
+__all__ = ["STOP_SIGNALS", "Parser", "add_config_options", "config_overrides", "console_warnings_only",
+           "ignore_stop_signals", "run", "stop_early_on_signals"]
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are a ``ConfigError`` (one line under ``run``, no usage dump) and whose unknown flags get the nearest known
+    one: ``error: unrecognized argument --num-sample; did you mean --num-samples?``. Abbreviations are off."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            flags = [u for u in unknown if u.startswith("-")]
+            if not flags:
+                self.error(f"unexpected argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}")
+            name = flags[0].split("=", 1)[0]
+            close = difflib.get_close_matches(name, self._flags(), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f"; {self.prog} --help lists the flags"
+            self.error(f"unrecognized argument {name}{hint}")
+        return parsed
+
+    def _flags(self) -> list[str]:
+        """Every flag of this parser and of its subcommands' parsers."""
+        flags = list(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                flags += [f for sub in action.choices.values() for f in sub._option_string_actions]
+        return flags
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message}")  # run() prints it as one line, exit status 2
 
 
 def add_config_options(parser: argparse.ArgumentParser, sections: Iterable[str]) -> None:
@@ -27,7 +61,7 @@ def add_config_options(parser: argparse.ArgumentParser, sections: Iterable[str])
         flags += [f"--{aliases[name]}"] if name in aliases else []
         extra: dict[str, Any] = {"nargs": "?", "const": "True"} if option_type(name) is bool else {}
         group.add_argument(*flags, dest=name, default=None, metavar=option_type(name).__name__.upper(),
-                           help=option_help(name), **extra)
+                           help=option_help(name).replace("%", "%%"), **extra)  # help is a %-format
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -39,6 +73,8 @@ def run(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) 
     """Run ``main``; a TuneFusionError becomes one line on stderr and exit status 2, not a traceback; a clean stop
     by a signal (``Interrupted``) one line and EXIT_INTERRUPTED (75)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_own_info_only)
     try:
         main(argv)
     except TuneFusionError as err:
@@ -50,6 +86,21 @@ def run(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _own_info_only(record: logging.LogRecord) -> bool:
+    """The console's INFO lines are this library's; other libraries' (sentence-transformers loading its model,
+    matplotlib building its font cache) show from WARNING up."""
+    return record.levelno >= logging.WARNING or record.name.startswith("tune_fusion")
+
+
+def console_warnings_only() -> None:
+    """The quiet console: log lines below WARNING (the library's INFO, and other libraries' such as
+    sentence-transformers' or matplotlib's) leave the terminal; a log file may still take them
+    (``tune_fusion.console.log_to_file``)."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "stream", None) in (sys.stderr, sys.stdout) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(max(handler.level, logging.WARNING))
 
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)  # SLURM's time-limit warning; preemption, scancel, ray job stop

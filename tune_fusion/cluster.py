@@ -162,8 +162,11 @@ def check_resources(spec: SearchSpec, local: bool) -> None:
     if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
         return
     have = ", ".join(f"{n.get('CPU', 0):g} CPU / {n.get('GPU', 0):g} GPU" for n in nodes)
-    message = (f"each trial asks for {need['CPU']:g} CPU and {need['GPU']:g} GPU (resources in {spec.source}) but "
-               f"no node has that ({have}); ask for fewer per trial, e.g. resources cpu 1, gpu 0")
+    flags = [spec.origin(key) for key in ("resources.cpu", "resources.gpu") if key in spec.from_flags]
+    fix = (f"pass a smaller {' or '.join(flags)}" if flags else
+           f"ask for fewer per trial in {spec.source}, e.g. resources: {{cpu: 1, gpu: 0}}")
+    message = (f"each trial asks for {need['CPU']:g} CPU ({spec.origin('resources.cpu')}) and {need['GPU']:g} GPU "
+               f"({spec.origin('resources.gpu')}) but no node has that ({have}); {fix}")
     if local:
         raise ConfigError(message)
     log.warning("%s; waiting for the autoscaler to add such a node", message)

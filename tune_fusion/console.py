@@ -7,8 +7,10 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -17,7 +19,7 @@ from ray import tune
 from tune_fusion.names import CONSOLE_WORDS, trial_outcome
 from tune_fusion.units import with_unit
 
-__all__ = ["TrialLines", "format_value", "quiet_console", "say"]
+__all__ = ["TrialLines", "format_value", "log_to_file", "quiet_console", "say"]
 
 _started = time.monotonic()  # when this process's search started; the console's times count from it
 
@@ -77,3 +79,25 @@ def quiet_console(verbose: bool) -> None:
     if not verbose:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+_LOG_FILE_TAG = "_tune_fusion_log_file"
+
+
+def log_to_file(path: Path) -> Path:
+    """Log lines from INFO up (the library's, and other libraries' such as sentence-transformers' or matplotlib's)
+    appended to ``path``, so a quiet console keeps only warnings (``cli.console_warnings_only``); replaces the file
+    an earlier search of this process logged to."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, _LOG_FILE_TAG, False)]:
+        root.removeHandler(handler)
+        handler.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    setattr(handler, _LOG_FILE_TAG, True)
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return path

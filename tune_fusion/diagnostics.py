@@ -53,8 +53,12 @@ class Diagnosis:
 
 
 def first_of_split(data: PreparedData, split: str = "val", crystals: int = 0) -> torch.Tensor:
-    """Crystal indices of ``split``, the first ``crystals`` of them when > 0."""
+    """Crystal indices of ``split``, the first ``crystals`` of them when > 0 (all, with a warning saying so, when
+    the split holds fewer)."""
     indices = data.split(split)
+    if crystals > len(indices):
+        log.warning("%d crystals asked for (--crystals), but the %s split holds %d: all %d are used", crystals,
+                    split, len(indices), len(indices))
     return indices[:crystals] if crystals > 0 else indices
 
 
@@ -111,7 +115,8 @@ def diagnose(trained: TrainedModel, indices: torch.Tensor) -> Diagnosis:
                                       torch.from_numpy(arrays["atom_crystal"]))
         arrays[f"alpha_{name}"] = values["alpha"].numpy()
         arrays[f"crystal_alpha_{name}"] = torch.cat(crystal_alpha[name]).double().numpy()
-    summary = {"split": "val", "crystals": found["crystals"], "atoms": int(z.numel()), "val_mae": found["mae"],
+    summary = {"target": trained.cfg.data.target, "split": "val", "crystals": found["crystals"],
+               "atoms": int(z.numel()), "val_mae": found["mae"],
                "val_rmse": found["rmse"], "text_input_norm": float(torch.cat(text_norms).double().mean()),
                "layers": layers}
     return Diagnosis(summary, arrays)

@@ -24,15 +24,18 @@ import torch
 from jarvis.core.atoms import Atoms
 
 from tune_fusion.checkpoint import checkpoint_config, load_checkpoint, plain_checkpoint, save_checkpoint, weights
-from tune_fusion.config import Config
+from tune_fusion.config import SAMPLE_DATASET, Config
 from tune_fusion.data import PreparedData, Standardizer, make_loader, prepare
 from tune_fusion.data.arrays import TextArrays
 from tune_fusion.data.embed import embed_texts
 from tune_fusion.data.graphs import build_chunk, graph_arrays
-from tune_fusion.data.text import describe
+from tune_fusion.data.pool import process_map
+from tune_fusion.data.sources import sidecar_path
+from tune_fusion.data.text import DescriptionStore, fill_descriptions
 from tune_fusion.errors import ConfigError, DataError
 from tune_fusion.model import FusionNetwork
 from tune_fusion.train import TrainedModel, pick_device, place_model, predict
+from tune_fusion.units import unit
 
 __all__ = ["EXPORT_FILE", "FusionPredictor", "build_network", "check_scale_factor", "export_best", "load_model",
            "load_weights", "open_model", "scaled_text_state"]
@@ -133,6 +136,14 @@ class FusionPredictor:
     def __init__(self, network: FusionNetwork, cfg: Config, standardizer: Standardizer, device: torch.device) -> None:
         self.network, self.cfg, self.standardizer, self.device = network.eval(), cfg, standardizer, device
 
+    def __repr__(self) -> str:
+        m = self.cfg.model
+        kind = "graph-only" if m.graph_only else ", ".join(
+            part for part, on in ((f"middle fusion at layers {m.middle_fusion_layers} (0-based)", m.use_middle_fusion),
+                                  ("cross-modal attention", m.use_cross_modal)) if on) or "graph + text"
+        return (f"FusionPredictor(target={self.cfg.data.target!r}, unit={unit(self.cfg.data.target)!r}, model: "
+                f"{kind}, {sum(p.numel() for p in self.network.parameters()):,} parameters, device={self.device})")
+
     def predict(self, structures: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         """Predict for jarvis ``Atoms`` or dft_3d records (``atoms`` dict, optional ``description``). A missing
         description is generated as in training (robocrystallographer, 1-5 s per structure; a warning says how
@@ -160,13 +171,27 @@ class FusionPredictor:
         if self.cfg.model.graph_only:  # no text anywhere: placeholders the model never reads
             return TextArrays({"text": np.zeros((n, dim), np.float32), "text_mean": np.zeros((n, dim), np.float32),
                                "sentences": np.zeros((n, dim), np.float32), "sentence_offsets": np.arange(n + 1)})
-        missing = [i for i, t in enumerate(texts) if t is None]
-        if missing:
-            log.warning("generating %d text description(s) with robocrystallographer (1-5 s each); pass records "
-                        "with a 'description' to skip this", len(missing))
-        for i in missing:
-            texts[i] = describe(atoms[i].to_dict())[0]
+        texts, _counts = fill_descriptions([f"structure {i}" for i in range(n)], atoms, texts,
+                                           DescriptionStore(Path(self.cfg.data.cache_dir).expanduser()
+                                                            / "descriptions.csv.gz"),
+                                           _known_beside(self.cfg.data.dataset), _describe_with_a_warning)
         return embed_texts(texts, self.cfg.data.text_encoder)
+
+
+def _known_beside(dataset: str) -> Path | None:
+    """The descriptions shipped beside the model's dataset (``<stem>.descriptions.csv.gz``), else the bundled sample
+    data's: preparation reads the same file, so a structure described there is never described again."""
+    for path in (Path(dataset).expanduser(), SAMPLE_DATASET):
+        if sidecar_path(path).is_file():
+            return sidecar_path(path)
+    return None
+
+
+def _describe_with_a_warning(fn: Any, chunks: Sequence[Any], desc: str) -> list[Any]:
+    """Generation for the structures no stored description covers, said first (it takes a while)."""
+    log.warning("generating %d text description(s) with robocrystallographer (1-5 s each); pass records with a "
+                "'description' to skip this", sum(len(c) for c in chunks))
+    return process_map(fn, chunks, desc)
 
 
 def _rows(n: int) -> np.ndarray:

@@ -12,10 +12,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BEST_VAL_MODEL", "CHECKPOINT_FILE", "CONSOLE_WORDS", "DEFAULT_STOP_WITHIN_S", "DEFAULT_STORAGE", "FINISHED", "HISTORY_TRAIN", "LEASE_FILE", "LOST",
+__all__ = ["BEST_VAL_MODEL", "CHECKPOINT_FILE", "CONSOLE_WORDS", "DEFAULT_STOP_WITHIN_S", "DEFAULT_STORAGE", "DRIVER_LOG",
+           "FINISHED", "HISTORY_TRAIN", "LEASE_FILE", "LOST",
            "HISTORY_VAL", "LAST_CHECKPOINT", "METRIC", "MODE", "OLD_PREDICTIONS_FILE", "OPTUNA_STATE",
            "PREDICTIONS_FILE", "REPEAT_OF", "RUN_CONFIG", "RUN_FILES", "RUN_METRICS", "SPACE_FILE", "OLD_STUDY_FILE", "STUDY_FILE",
-           "WARM_START_FROM", "Outcome", "Status", "StopReason", "experiment_dir", "find_study", "is_copy", "is_uri", "study_path",
+           "WARM_START_FROM", "Outcome", "Status", "StopReason", "dashboard_command", "experiment_dir", "find_study", "is_copy", "is_uri", "study_path",
            "trial_outcome"]
 
 METRIC, MODE = "val_mae", "min"  # what every search optimises: validation MAE only
@@ -25,6 +26,7 @@ CHECKPOINT_FILE = "checkpoint.pt"  # inside each of a trial's checkpoint_* folde
 # Lustre and GPFS, where SQLite's does not), and the SQLite file searches before it kept (still opened)
 STUDY_FILE, OLD_STUDY_FILE = "optuna_journal.log", "optuna_study.db"
 LEASE_FILE = "driver_lease.json"  # the running driver's lease on its experiment (tune_fusion.lease)
+DRIVER_LOG = "driver.log"  # a quiet search's INFO lines (the library's and other libraries'), beside its study
 SPACE_FILE = "search_space.json"  # the searched parameters' distributions and the target, for the analysis
 DEFAULT_STORAGE = "~/ray_results"
 # a standalone run's output folder, <output_dir>/<target>/ (python -m tune_fusion.train)
@@ -139,6 +141,11 @@ def study_path(exp_dir: str, file: str = STUDY_FILE) -> Path:
         return Path(exp_dir) / file
     key = hashlib.sha256(exp_dir.rstrip("/").encode()).hexdigest()[:16]
     return Path("~/.cache/tune-fusion/studies").expanduser() / key / file
+
+
+def dashboard_command(study: Path) -> str:
+    """The command that opens a study file in optuna-dashboard (the journal by path, an older SQLite file by URL)."""
+    return f"optuna-dashboard sqlite:///{study}" if study.name == OLD_STUDY_FILE else f"optuna-dashboard {study}"
 
 
 def find_study(exp_dir: str) -> Path | None:

@@ -18,10 +18,11 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator, NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+from matplotlib.transforms import offset_copy
 
 from tune_fusion.names import Status
-from tune_fusion.units import axis_label
+from tune_fusion.units import axis_label, with_unit
 
 __all__ = ["FUSION_CAPTION", "FUSION_METRICS", "STATUS_STYLE", "alpha_figures", "fusion_summary", "importance_bar",
            "learning_curves", "params_vs_metric", "parity", "save", "text_ablation_bars", "text_scale_curves"]
@@ -58,16 +59,19 @@ def _finite(values: Sequence[Any]) -> list[float]:
     return [float(v) if v is not None and math.isfinite(float(v)) else math.nan for v in values]
 
 
-def _status_legend(ax: Axes, statuses: set, **kwargs: Any) -> None:
-    handles = [Line2D([], [], linestyle=STATUS_STYLE[s][0], marker=STATUS_STYLE[s][1], color=STATUS_STYLE[s][2],
-                      label=s.label) for s in Status if s in statuses]
+def _status_legend(ax: Axes, statuses: set, markers_only: bool = False, **kwargs: Any) -> None:
+    """How each trial ended: line style and end marker (``markers_only``: the marker alone, as scatter plots draw)."""
+    handles = [Line2D([], [], linestyle="none" if markers_only else STATUS_STYLE[s][0], marker=STATUS_STYLE[s][1],
+                      color=STATUS_STYLE[s][2], label=s.label) for s in Status if s in statuses]
     ax.legend(handles=handles, title="trial ended", fontsize=8, **kwargs)
 
 
-def learning_curves(trials: Sequence[Any], target: str) -> Figure:
-    """Validation MAE per epoch of every trial, each line labelled with its trial id at its last epoch; the line
-    style and end marker say how the trial ended."""
+def learning_curves(trials: Sequence[Any], target: str, run: str | None = None) -> Figure:
+    """Validation MAE per epoch of every trial, each line labelled with its trial id at its last epoch (labels
+    spread apart where trials end close together); the line style and end marker say how the trial ended. ``run``:
+    the figure is one standalone run's (named so), whose line needs no trial id."""
     fig, (ax,) = _figure(width=8.0, height=4.8)
+    ends = []
     for trial in trials:
         rows = [r for r in trial.history if "val_mae" in r and "epoch" in r]  # not a trial that could not start
         if not rows:
@@ -77,15 +81,39 @@ def learning_curves(trials: Sequence[Any], target: str) -> Figure:
         values = _finite([r["val_mae"] for r in rows])
         ax.plot(epochs, values, linestyle=style, color=colour, alpha=0.8, lw=1.2)
         ax.plot(epochs[-1:], values[-1:], marker=marker, color=colour, linestyle="none")
-        if math.isfinite(values[-1]):
-            ax.annotate(trial.trial_id[:8], (epochs[-1], values[-1]), xytext=(4, 0), textcoords="offset points",
-                        fontsize=7, va="center", color=colour)
+        if math.isfinite(values[-1]) and run is None:
+            ends.append((values[-1], epochs[-1], trial.trial_id[:8], colour))
+    _spread_labels(ax, fig, ends)
     _status_legend(ax, {t.status for t in trials}, loc="upper right")
-    ax.set(xlabel="epoch", ylabel=axis_label("validation MAE", target),
-           title=f"Learning curves of {len(trials)} trials (label: trial id)")
+    title = f"Learning curve of the standalone run {run}" if run else \
+        f"Learning curves of {len(trials)} trials (label: trial id)"
+    ax.set(xlabel="epoch", ylabel=axis_label("validation MAE", target), title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     return fig
+
+
+LABEL_GAP = 0.035  # of the y axis' height between two end-of-line labels: a 7-point label on a 4.8-inch figure
+
+
+def _spread_labels(ax: Axes, fig: Figure, ends: list[tuple[float, int, str, str]]) -> None:
+    """Trial ids beside the lines' last points, moved apart vertically (bottom to top, with a thin leader line
+    where one moved) so that labels of trials ending close together do not overlap."""
+    if not ends:
+        return
+    ax.margins(x=0.1)  # room for the labels right of the last epoch
+    low, high = ax.get_ylim()
+    gap = LABEL_GAP * (high - low)
+    placed: list[float] = []
+    beside = offset_copy(ax.transData, fig=fig, x=4, y=0, units="points")
+    for value, epoch, label, colour in sorted(ends):
+        y = max(value, placed[-1] + gap) if placed else value
+        placed.append(y)
+        leader = {"arrowstyle": "-", "color": colour, "lw": 0.5, "alpha": 0.6} if y != value else None
+        ax.annotate(label, (epoch, value), xytext=(epoch, y), textcoords=beside, fontsize=7, va="center",
+                    color=colour, arrowprops=leader)
+    if placed[-1] > high - gap / 2:
+        ax.set_ylim(low, placed[-1] + gap)
 
 
 def _is_numeric(values: Sequence[Any]) -> bool:
@@ -95,10 +123,8 @@ def _is_numeric(values: Sequence[Any]) -> bool:
 def _scatter_param(ax: Axes, name: str, points: list[tuple[Any, float, Any]], distribution: Mapping[str, Any],
                    target: str) -> None:
     values = [v for v, _, _ in points]
-    colours = [STATUS_STYLE[s][2] for _, _, s in points]
-    maes = [m for _, m, _ in points]
     if _is_numeric(values):
-        ax.scatter(values, maes, c=colours, s=30)
+        _scatter_by_status(ax, values, points)
         if distribution.get("type") == "loguniform":
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # only the decades are labelled: no overlapping labels
@@ -109,11 +135,21 @@ def _scatter_param(ax: Axes, name: str, points: list[tuple[Any, float, Any]], di
         labels = [str(v).lower() if isinstance(v, bool) else str(v) for v in distribution.get("values") or []]
         labels += sorted({str(v).lower() if isinstance(v, bool) else str(v) for v in values} - set(labels))
         shown = [labels.index(str(v).lower() if isinstance(v, bool) else str(v)) for v in values]
-        ax.scatter(shown, maes, c=colours, s=30)
+        _scatter_by_status(ax, shown, points)
         ax.set_xticks(range(len(labels)), labels)
         ax.set_xlim(-0.5, len(labels) - 0.5)
     ax.set(xlabel=name, ylabel=axis_label("best validation MAE", target))
     ax.grid(alpha=0.3)
+
+
+def _scatter_by_status(ax: Axes, xs: Sequence[Any], points: list[tuple[Any, float, Any]]) -> None:
+    """One scatter per trial status, with the marker and colour its legend entry shows (labelled with the status)."""
+    for status in Status:
+        chosen = [(x, m) for x, (_, m, s) in zip(xs, points) if s == status]
+        if chosen:
+            _, marker, colour = STATUS_STYLE[status]
+            ax.scatter([x for x, _ in chosen], [m for _, m in chosen], color=colour, marker=marker, s=30,
+                       label=status.label)
 
 
 def params_vs_metric(trials: Sequence[Any], params: Sequence[str], target: str,
@@ -133,21 +169,24 @@ def params_vs_metric(trials: Sequence[Any], params: Sequence[str], target: str,
             ax.set_title(f"{name}: no trial with a validation MAE")
     for ax in axes[len(params):]:
         ax.set_visible(False)
-    _status_legend(axes[0], {t.status for t in trials}, loc="best")
-    fig.suptitle("Searched parameters against each trial's best validation MAE (colour: how the trial ended)")
+    _status_legend(axes[0], {t.status for t in trials}, markers_only=True, loc="best")
+    fig.suptitle("Searched parameters against each trial's best validation MAE (marker and colour: how the trial "
+                 "ended)")
     return fig
 
 
-def text_scale_curves(trials: Sequence[Any]) -> Figure | None:
+def text_scale_curves(trials: Sequence[Any], run: str | None = None) -> Figure | None:
     """``text_scale`` of every fused layer per epoch for the given (top) trials; None when no trial's scale moved
-    (fixed scales are flat lines hiding each other: the table has their values)."""
+    (fixed scales are flat lines hiding each other: the table has their values). The y axis shows absolute values
+    (no offset notation: a scale of 12 reads 12). ``run``: the figure is one standalone run's, labelled by layer."""
     curves = []
     for trial in trials:
         for key in sorted({k for r in trial.history for k in r if k.startswith("text_scale/")}):
             rows = [r for r in trial.history if key in r]
             values = [float(r[key]) for r in rows]
             if max(values) - min(values) > 1e-9:
-                curves.append((f"trial {trial.trial_id[:8]}, {key.split('/', 1)[1]}", [r["epoch"] for r in rows],
+                layer = key.split("/", 1)[1]
+                curves.append((layer if run else f"trial {trial.trial_id[:8]}, {layer}", [r["epoch"] for r in rows],
                                values))
     if not curves:
         return None
@@ -155,9 +194,11 @@ def text_scale_curves(trials: Sequence[Any]) -> Figure | None:
     for label, epochs, values in curves:
         ax.plot(epochs, values, marker=".", label=label)
     ax.set(xlabel="epoch", ylabel="text_scale (learned multiplier of the text, no unit)",
-           title="Learnable text_scale over epochs")
+           title=f"Learnable text_scale over epochs, standalone run {run}" if run else "Learnable text_scale over "
+                                                                                      "epochs")
+    ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=8, title="trial, fused layer")
+    ax.legend(fontsize=8, title="fused layer" if run else "trial, fused layer")
     ax.grid(alpha=0.3)
     return fig
 
@@ -167,7 +208,7 @@ def parity(target: np.ndarray, prediction: np.ndarray, target_name: str, title: 
     fig, (ax,) = _figure(width=5.2, height=5.2)
     target, prediction = np.asarray(target, float), np.asarray(prediction, float)
     mae = float(np.abs(prediction - target).mean())
-    ax.scatter(target, prediction, s=14, alpha=0.7, label=f"{len(target)} crystals, MAE {mae:.4g}")
+    ax.scatter(target, prediction, s=14, alpha=0.7, label=f"{len(target)} crystals, MAE {with_unit(mae, target_name)}")
     both = np.concatenate([target, prediction])
     low, high = float(both.min()), float(both.max())
     pad = 0.05 * (high - low or 1.0)
@@ -240,7 +281,8 @@ def alpha_figures(arrays: Mapping[str, np.ndarray], per_element: Mapping[str, Ma
                   yerr=[elements[s].get("std", 0.0) for s in symbols], color="tab:orange", capsize=2)
         right.set_xticks(range(len(symbols)), symbols, fontsize=9, rotation=90 if len(symbols) > 25 else 0)
         right.set(xlabel="element (by atomic number)", ylabel="mean alpha over the element's atoms (0-1)",
-                  title=f"Per-element alpha, {layer}", ylim=(0.0, 1.0))
+                  title=f"Per-element alpha, {layer}\n(error bars: std of alpha over the element's atoms)",
+                  ylim=(0.0, 1.0))
         fig.suptitle(tag)
         out[f"alpha_{tag}_{layer}"] = fig
     return out
@@ -259,6 +301,6 @@ def text_ablation_bars(rows: Sequence[Mapping[str, Any]], target: str, title: st
                width, yerr=[r.get("spread", 0.0) if r else 0.0 for r in chosen], capsize=3, label=condition)
     ax.set_xticks([i + width * (len(conditions) - 1) / 2 for i in range(len(models))], models)
     ax.set(xlabel="model", ylabel=axis_label("validation MAE", target), title=title)
-    ax.legend(title="text given to the model", fontsize=8)
+    ax.legend(title="text given to the model", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the bars
     ax.grid(alpha=0.3, axis="y")
     return fig

@@ -13,7 +13,7 @@ from tune_fusion.units import unit, with_unit
 if TYPE_CHECKING:
     from tune_fusion.results import Ablation, Analysis, Confirmation, ExperimentAnalysis, RunAnalysis
 
-__all__ = ["format_table", "write_csv", "write_report"]
+__all__ = ["diagnosis_lines", "format_table", "write_csv", "write_report"]
 
 
 def _fmt(value: Any) -> str:
@@ -47,6 +47,21 @@ def _fusion_table(summaries: dict[str, dict[str, Any]]) -> list[str]:
              for label, s in summaries.items() if not s["layers"]]
     keys = list(dict.fromkeys(k for r in rows for k in r))
     return [format_table([{k: r.get(k) for k in keys} for r in rows]), ""]
+
+
+def diagnosis_lines(label: str, summary: dict[str, Any], target: str) -> list[str]:
+    """A diagnosis in a few console lines: validation MAE with its unit and crystals, then per fused layer the
+    text_scale, node/text norm ratio, cosines, gate (alpha) mean ± std over atoms, and the guide's checks."""
+    lines = [f"{label}: validation MAE {with_unit(summary['val_mae'], target)} on {summary['crystals']} validation "
+             "crystals" + ("" if summary["layers"] else " (no fused layer)")]
+    for layer, v in summary["layers"].items():
+        lines.append(f"  {layer}: text_scale {v['text_scale']:.4g}, node/text norm ratio {v['norm_ratio']:.3g}, "
+                     f"cos(h, text) {v['cos_before']:.3f} before / {v['cos_after']:.3f} after fusion, alpha "
+                     f"{v['alpha']['mean']:.3f} ± {v['alpha']['std']:.3f} (mean ± std over atoms, gate 0-1)")
+        lines += [f"  {layer} check: {w}" for w in v["warnings"]]
+    if summary["layers"] and not any(v["warnings"] for v in summary["layers"].values()):
+        lines.append("  checks of the original guide: all pass (text_scale, node/text norm ratio, cosine)")
+    return lines
 
 
 def _fusion_section(found: dict[str, dict[str, Any]], folder: str) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,17 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from tune_fusion.cluster import check_resources, check_shared, connect, parallel_map
-from tune_fusion.console import TrialLines, quiet_console, say
+from tune_fusion.console import TrialLines, log_to_file, quiet_console, say
 from tune_fusion.data import prepare
 from tune_fusion.data.publish import publish, published_root
 from tune_fusion.errors import ConfigError
-from tune_fusion.experiment import study_storage
+from tune_fusion.experiment import open_study, study_storage
 from tune_fusion.interrupt import StopWhenAsked, stop_signals
 from tune_fusion.lease import hold, refuse_if_held
 from tune_fusion.names import (
     DEFAULT_STOP_WITHIN_S,
     DEFAULT_STORAGE,
+    DRIVER_LOG,
     LEASE_FILE,
     METRIC,
     MODE,
@@ -41,7 +43,7 @@ from tune_fusion.names import (
     is_uri,
     study_path,
 )
-from tune_fusion.searcher import FusionOptunaSearch, make_sampler
+from tune_fusion.searcher import FusionOptunaSearch, make_sampler, name_objective
 from tune_fusion.space import DefineByRun, SearchSpec, space_summary
 from tune_fusion.trainable import train_trial
 from tune_fusion.warm_start import feed_earlier_trials
@@ -68,6 +70,9 @@ class SearchRun:
     target: str
     mean_predictor_mae: float
     stopped_by: str | None = None  # the signal that stopped the search before its end (it is saved: --resume)
+    prepare_s: float = 0.0  # the data preparation (or opening the prepared cache), before the search
+    search_s: float = 0.0  # the search itself, from its start to its end (the console's [m:ss] stamps)
+    log_file: str | None = None  # a quiet search's log (``names.DRIVER_LOG``)
 
     @property
     def best_val_mae(self) -> float | None:
@@ -102,10 +107,11 @@ def check_experiment(exp_dir: str, resume: bool | str) -> bool:
         raise ConfigError(f"no search to continue at {exp_dir}; check the storage and name, or start a new search "
                           "instead of resuming")
     exists = find_study(exp_dir) is not None or (not is_uri(exp_dir) and Path(exp_dir).exists()
-                                              and any(p.name != LEASE_FILE for p in Path(exp_dir).iterdir()))
+                                              and any(p.name not in (LEASE_FILE, DRIVER_LOG)
+                                                      for p in Path(exp_dir).iterdir()))
     if not resume and exists:
-        raise ConfigError(f"experiment {exp_dir} already exists: resume it to continue, or give the new search "
-                          "another name")
+        raise ConfigError(f"experiment {exp_dir} already exists: continue it with --resume, or give the new search "
+                          "another name with --name NAME")
     return bool(resume)
 
 
@@ -150,6 +156,9 @@ def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storag
     quiet_console(verbose)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_EVERY_S)  # read by Ray Tune when the search starts
     if resume:
+        study, _ = open_study(Path(exp_dir), exp_dir)
+        if study is not None:  # a study made before its objective was named gets the name now
+            name_objective(study, spec.base.data.target)
         return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
     study = study_path(exp_dir)
     study.parent.mkdir(parents=True, exist_ok=True)
@@ -160,6 +169,7 @@ def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storag
         space=DefineByRun(spec.params, spec.base), metric=METRIC, mode=MODE, sampler=make_sampler(spec),
         points_to_evaluate=list(spec.searcher.points_to_evaluate) or None, storage=storage_of_study, study_name=name,
     )
+    searcher.name_metric(spec.base.data.target)
     if spec.scheduler.type == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.scheduler.max_t,
                                   grace_period=spec.scheduler.grace_period,
@@ -202,30 +212,36 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
     with hold(exp_dir), stop_signals(stop_within_s) as stop:
         started = connect(address, verbose=verbose)
         try:
-            data, results = _search(spec, address, storage, name, resume, verbose, warm_start, stop.run_id)
+            data, results, times = _search(spec, address, storage, name, resume, verbose, warm_start, stop.run_id)
         finally:
             if started:
                 ray.shutdown()
     finished = [r for r in results if r.metrics and METRIC in (r.metrics_dataframe if r.metrics_dataframe is not None
                                                                else {})]
     best = min(finished, key=lambda r: float(r.metrics_dataframe[METRIC].min()), default=None)
-    return SearchRun(exp_dir, results, best, spec.base.data.target, mean_predictor_mae(data), stop.signal)
+    return SearchRun(exp_dir, results, best, spec.base.data.target, mean_predictor_mae(data), stop.signal, **times)
 
 
 def _search(spec: SearchSpec, address: str | None, storage: str, name: str, resume: bool, verbose: bool,
-            warm_start: tuple[str, ...], run_id: str) -> tuple[Any, tune.ResultGrid]:
-    """On a connected Ray: the checks, the data, the Tuner, its run."""
+            warm_start: tuple[str, ...], run_id: str) -> tuple[Any, tune.ResultGrid, dict[str, Any]]:
+    """On a connected Ray: the checks, the data, the Tuner, its run; the times of preparation and search, and the
+    log file of a quiet search (started once the checks pass, so refused input writes nothing)."""
     exp_dir = experiment_dir(storage, name)
     check_resources(spec, local=address is None)
     check_shared(storage, "storage")
+    log_file = None if verbose else str(log_to_file(study_path(exp_dir).with_name(DRIVER_LOG)))
+    start = time.monotonic()
     data, built = prepare(spec.base.data, parallel_map)  # Ray tasks: every node of a cluster helps
     log.info("prepared data %s (%s)", data.path, "built now" if built else "already prepared")
     published = publish_on_cluster(data, storage, address)
+    prepared = time.monotonic()
     if not is_uri(exp_dir):  # what the analysis needs to know of the space (log-scale axes, units)
         Path(exp_dir).mkdir(parents=True, exist_ok=True)
         (Path(exp_dir) / SPACE_FILE).write_text(json.dumps(space_summary(spec), indent=1))
     tuner = build_tuner(spec, data.path.name, published, storage, name, resume, verbose, warm_start, run_id)
-    return data, tuner.fit()
+    results = tuner.fit()
+    return data, results, {"prepare_s": prepared - start, "search_s": time.monotonic() - prepared,
+                           "log_file": log_file}
 
 
 def best_checkpoint_path(result: tune.Result) -> str | None:

@@ -16,8 +16,22 @@ from ray.tune.search.optuna import OptunaSearch
 from tune_fusion.interrupt import stopping
 from tune_fusion.names import LOST, METRIC, OPTUNA_STATE, REPEAT_OF, is_copy, trial_outcome
 from tune_fusion.space import SearchSpec
+from tune_fusion.units import unit
 
-__all__ = ["REPEAT_TRIES", "FusionOptunaSearch", "ask_new", "make_sampler", "tell_if_repeat"]
+__all__ = ["REPEAT_TRIES", "FusionOptunaSearch", "ask_new", "make_sampler", "metric_name", "name_objective",
+           "tell_if_repeat"]
+
+
+def metric_name(target: str) -> str:
+    """The study's objective as optuna-dashboard shows it: ``val_mae (eV/atom)``."""
+    return f"{METRIC} ({unit(target)})"
+
+
+def name_objective(study: optuna.Study, target: str) -> None:
+    """Name ``study``'s objective ``metric_name(target)`` (Optuna calls the setter experimental: no warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric_name(target)])
 
 REPEAT_TRIES = 8  # proposals that repeat a finished configuration, skipped before one is run anyway
 
@@ -58,6 +72,10 @@ class FusionOptunaSearch(OptunaSearch):
     """OptunaSearch that skips proposals repeating a finished configuration (``ask_new``), tells the study each
     trial's best validation MAE (not its last epoch's), and records each trial in the state its outcome names
     (``names.OPTUNA_STATE``: scheduler-stopped trials PRUNED, NaN-stopped or misconfigured ones FAIL)."""
+
+    def name_metric(self, target: str) -> None:
+        """Name the study's objective with its unit (``metric_name``), for optuna-dashboard and Optuna's plots."""
+        name_objective(self._ot_study, target)
 
     def suggest(self, trial_id: str) -> dict | None:
         if stopping():  # the driver is stopping: no new trial (Tune asks again after the resume)

@@ -48,8 +48,8 @@ TOP_LEVEL = ("dataset", "fixed", "search", "scheduler", "searcher", "resources",
              "time_budget_s")
 PARAM_KEYS = ("type", "low", "high", "values", "step", "when")
 
-__all__ = ["DISTRIBUTIONS", "PARAM_KEYS", "TOP_LEVEL", "DefineByRun", "Param", "Resources", "SchedulerSettings",
-           "SearchSpec", "SearcherSettings", "load_spec", "parse_spec", "space_summary"]
+__all__ = ["DISTRIBUTIONS", "OVERRIDE_FLAGS", "PARAM_KEYS", "TOP_LEVEL", "DefineByRun", "Param", "Resources",
+           "SchedulerSettings", "SearchSpec", "SearcherSettings", "load_spec", "parse_spec", "space_summary"]
 
 
 @dataclass(frozen=True)
@@ -138,10 +138,21 @@ class SearchSpec:
     num_samples: int = 8
     max_concurrent: int = 2
     time_budget_s: float | None = None
+    from_flags: frozenset[str] = frozenset()  # values the command line set (``OVERRIDE_FLAGS`` keys), not the file
 
     @property
     def name(self) -> str:
         return Path(self.source).stem
+
+    def origin(self, key: str) -> str:
+        """Where the value of ``key`` (``num_samples``, ``resources.gpu``, ...) came from, for messages: its flag, or
+        the key in the space file."""
+        return OVERRIDE_FLAGS[key] if key in self.from_flags else f"{key} in {self.source}"
+
+
+# The flags of run_search.py that override a space's top-level values, by the key they set.
+OVERRIDE_FLAGS = {"num_samples": "--num-samples", "max_concurrent": "--max-concurrent",
+                  "resources.cpu": "--cpus-per-trial", "resources.gpu": "--gpus-per-trial"}
 
 
 class DefineByRun:
@@ -196,12 +207,8 @@ def parse_spec(raw: Mapping[str, Any], source: str, overrides: Mapping[str, Any]
     dataset = _mapping(raw, "dataset", source)
     fixed = _mapping(raw, "fixed", source)
     base_values = {("dataset" if k == "path" else k): v for k, v in dataset.items()}
-    if "dataset" in base_values and not Path(str(base_values["dataset"])).is_absolute():
-        relative = Path(source).resolve().parent / str(base_values["dataset"])
-        if relative.exists():
-            base_values["dataset"] = str(relative)
-        elif (PACKAGE_ROOT / str(base_values["dataset"])).exists():
-            base_values["dataset"] = str(PACKAGE_ROOT / str(base_values["dataset"]))
+    if "dataset" in base_values:
+        base_values["dataset"] = _dataset_path(str(base_values["dataset"]), source)
     for key, reason in NOT_SEARCHED.items():
         if key in fixed or key in _mapping(raw, "search", source):
             raise ConfigError(f"{source}: '{key}' has no meaning in a search ({reason}); remove it")
@@ -218,9 +225,28 @@ def parse_spec(raw: Mapping[str, Any], source: str, overrides: Mapping[str, Any]
         num_samples=_number(raw, "num_samples", int, defaults["num_samples"].default, source, minimum=1),
         max_concurrent=_number(raw, "max_concurrent", int, defaults["max_concurrent"].default, source, minimum=1),
         time_budget_s=_number(raw, "time_budget_s", float, None, source, minimum=1),
+        from_flags=frozenset(f"{key}.{sub}" if isinstance(value, Mapping) else key
+                             for key, value in (overrides or {}).items() if value is not None
+                             for sub in (value if isinstance(value, Mapping) else [None])),
     )
     _check_run_settings(spec)
     return spec
+
+
+def _dataset_path(dataset: str, source: str) -> str:
+    """A relative dataset path of a space file, looked for beside the file, in the project and in the current
+    folder (in that order); a path found in none of them is an error naming the three. A bare name (``dft_3d``, no
+    folder or suffix) is left to the data layer, which looks for a jarvis dataset of that name."""
+    path = Path(dataset).expanduser()
+    if path.is_absolute() or not (path.suffix or len(path.parts) > 1):
+        return str(path)
+    folders = [Path(source).resolve().parent, PACKAGE_ROOT, Path.cwd()]
+    found = next((folder / path for folder in folders if (folder / path).exists()), None)
+    if found is None:
+        raise ConfigError(f"{source}: dataset '{dataset}' not found; looked in {', '.join(map(str, folders))} (the "
+                          "space file's folder, the project, the current folder): give an absolute path or one "
+                          "relative to the space file")
+    return str(found)
 
 
 def _mapping(raw: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:

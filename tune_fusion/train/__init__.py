@@ -35,6 +35,7 @@ from tune_fusion.data import Batch, PreparedData, Standardizer, TextOverride, ma
 from tune_fusion.model import FusionNetwork, ModelOutput, contrastive_loss
 from tune_fusion.model.message_passing import resolve_backend
 from tune_fusion.names import OLD_PREDICTIONS_FILE, PREDICTIONS_FILE, StopReason
+from tune_fusion.units import unit
 
 __all__ = ["BatchHook", "EpochCallback", "Run", "TrainedModel", "build_model", "fit", "parameter_groups", "pick_device",
            "place_model", "predict", "read_predictions", "seed_everything", "start_run", "test_once", "train_epoch",
@@ -275,8 +276,9 @@ def fit(cfg: Config, data: PreparedData, on_epoch: EpochCallback | None = None,
             "stop_reason": run.stop_reason,
         }
         run.history.append(metrics)
-        log.info("epoch %d: train_mae %.4f val_mae %.4f%s", run.epoch, train["mae"], val["mae"],
-                 f" ({run.stop_reason})" if run.stop_reason else "")
+        log.info("epoch %d: train_mae %.4f val_mae %.4f %s, %.1f s (%.0f crystals/s training)%s", run.epoch,
+                 train["mae"], val["mae"], unit(cfg.data.target), metrics["seconds_per_epoch"],
+                 metrics["crystals_per_second"], f" ({run.stop_reason})" if run.stop_reason else "")
         if on_epoch is not None:
             on_epoch(metrics, run)
     return run

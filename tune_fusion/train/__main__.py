@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tune_fusion.checkpoint import load_checkpoint, save_checkpoint, standalone_best
-from tune_fusion.cli import add_config_options, config_overrides, run
+from tune_fusion.cli import Parser, add_config_options, config_overrides, run
 from tune_fusion.config import Config, check_same_run, read_config_file
 from tune_fusion.data import prepare
 from tune_fusion.data.pool import process_map
@@ -30,8 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
-    parser = argparse.ArgumentParser(prog="python -m tune_fusion.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = Parser(prog="python -m tune_fusion.train", description=__doc__)
     parser.add_argument("--config", help="JSON or YAML file of options; command-line flags override it")
     parser.add_argument("--root_dir", "--root-dir", help="with --dataset jarvis: folder of the published layout")
     parser.add_argument("--resume", nargs="?", const="True", default="False",
