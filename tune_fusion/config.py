@@ -281,8 +281,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     import yaml
 
     try:
-        with reading(path, "config file", "save it as UTF-8 JSON or YAML", ConfigError), \
-                open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle, \
+                reading(path, "config file", "save it as UTF-8 JSON or YAML", ConfigError):
             values = yaml.safe_load(handle)  # YAML is a superset of JSON
     except OSError as err:
         raise ConfigError(f"config file {path}: cannot read it ({err.strerror})") from None
