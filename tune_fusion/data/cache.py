@@ -17,6 +17,7 @@ leaves nothing that opens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -140,11 +141,20 @@ def prepare(cfg: DataConfig, parallel_map: MapFunction = process_map) -> tuple[P
     path = cache_path(cfg, source)
     if not is_complete(path):
         check_encoder(cfg.text_encoder)
+        made = not path.parent.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            if not is_complete(path):  # another process may have built it while we waited
-                _build(cfg, source, path, parallel_map)
-                return load(path), True
+        lock = Path(str(path) + ".lock")
+        try:
+            with FileLock(str(lock)):
+                if not is_complete(path):  # another process may have built it while we waited
+                    _build(cfg, source, path, parallel_map)
+                    return load(path), True
+        except DataError:  # refused for its input: the build leaves no trace (shards already stored stay valid)
+            lock.unlink(missing_ok=True)
+            if made:
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
+            raise
     return load(path), False
 
 
