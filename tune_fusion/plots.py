@@ -93,7 +93,7 @@ def learning_curves(trials: Sequence[Any], target: str, run: str | None = None) 
     return fig
 
 
-LABEL_GAP = 0.035  # of the y axis' height between two end-of-line labels: a 7-point label on a 4.8-inch figure
+_LABEL_GAP = 0.035  # of the y axis' height between two end-of-line labels: a 7-point label on a 4.8-inch figure
 
 
 def _spread_labels(ax: Axes, fig: Figure, ends: list[tuple[float, int, str, str]]) -> None:
@@ -103,7 +103,7 @@ def _spread_labels(ax: Axes, fig: Figure, ends: list[tuple[float, int, str, str]
         return
     ax.margins(x=0.1)  # room for the labels right of the last epoch
     low, high = ax.get_ylim()
-    gap = LABEL_GAP * (high - low)
+    gap = _LABEL_GAP * (high - low)
     placed: list[float] = []
     beside = offset_copy(ax.transData, fig=fig, x=4, y=0, units="points")
     for value, epoch, label, colour in sorted(ends):

@@ -23,7 +23,7 @@ from tune_fusion.config import DEFAULT_TEXT_ENCODER
 from tune_fusion.data.arrays import TextArrays
 from tune_fusion.errors import ConfigError
 
-__all__ = ["check_encoder", "embed_texts", "load_encoder", "split_sentences", "text_key"]
+__all__ = ["ENCODE_CHUNK", "check_encoder", "embed_texts", "load_encoder", "split_sentences", "text_key"]
 
 log = logging.getLogger(__name__)
 
