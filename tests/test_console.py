@@ -81,6 +81,15 @@ def test_labels_of_trials_ending_close_together_do_not_overlap():
     assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:])), [(b.y0, b.y1) for b in boxes]
 
 
+def test_a_big_search_labels_its_best_trials_without_squashing_the_curves():
+    many = [trial(f"{i:04d}ffff", Status.COMPLETED, [0.5, 0.4, 0.3 + 0.0001 * i]) for i in range(40)]
+    ax = plots.learning_curves(many, "formation_energy_peratom").axes[0]
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == [f"{i:04d}ffff" for i in range(15)] and "the 15 best" in ax.get_title()
+    low, high = ax.get_ylim()
+    assert high - low < 0.2 * 1.6  # the curves span 0.2: the labels' stack adds well under their own height
+
+
 def test_scatter_markers_are_the_legends_markers():
     space = {"learning_rate": {"type": "loguniform"}, "use_cross_modal": {"type": "choice", "values": [True, False]}}
     fig = plots.params_vs_metric(TRIALS, ["learning_rate", "use_cross_modal"], "optb88vdw_bandgap", space)

@@ -83,17 +83,20 @@ def learning_curves(trials: Sequence[Any], target: str, run: str | None = None) 
         ax.plot(epochs[-1:], values[-1:], marker=marker, color=colour, linestyle="none")
         if math.isfinite(values[-1]) and run is None:
             ends.append((values[-1], epochs[-1], trial.trial_id[:8], colour))
+    ends = sorted(ends)[:_MAX_LABELS]  # the best by their last validation MAE; trials.csv has every trial
     _spread_labels(ax, fig, ends)
     _status_legend(ax, {t.status for t in trials}, loc="upper right")
+    which = "trial id" if len(ends) == len(trials) else f"trial id of the {len(ends)} best by last validation MAE"
     title = f"Learning curve of the standalone run {run}" if run else \
-        f"Learning curves of {len(trials)} trials (label: trial id)"
+        f"Learning curves of {len(trials)} trials (label: {which})"
     ax.set(xlabel="epoch", ylabel=axis_label("validation MAE", target), title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     return fig
 
 
-LABEL_GAP = 0.035  # of the y axis' height between two end-of-line labels: a 7-point label on a 4.8-inch figure
+_LABEL_GAP = 0.035  # of the y axis' height between two end-of-line labels: a 7-point label on a 4.8-inch figure
+_MAX_LABELS = 15  # labelled trials at most: 15 stacked labels take half the axis' height
 
 
 def _spread_labels(ax: Axes, fig: Figure, ends: list[tuple[float, int, str, str]]) -> None:
@@ -103,7 +106,7 @@ def _spread_labels(ax: Axes, fig: Figure, ends: list[tuple[float, int, str, str]
         return
     ax.margins(x=0.1)  # room for the labels right of the last epoch
     low, high = ax.get_ylim()
-    gap = LABEL_GAP * (high - low)
+    gap = _LABEL_GAP * (high - low)
     placed: list[float] = []
     beside = offset_copy(ax.transData, fig=fig, x=4, y=0, units="points")
     for value, epoch, label, colour in sorted(ends):

@@ -23,7 +23,7 @@ from tune_fusion.config import DEFAULT_TEXT_ENCODER
 from tune_fusion.data.arrays import TextArrays
 from tune_fusion.errors import ConfigError
 
-__all__ = ["check_encoder", "embed_texts", "load_encoder", "split_sentences", "text_key"]
+__all__ = ["ENCODE_CHUNK", "check_encoder", "embed_texts", "load_encoder", "split_sentences", "text_key"]
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,18 @@ ENCODE_CHUNK = 1024  # texts per encode() call: the one progress bar moves per c
 
 def _encode(encoder, texts: Sequence[str], batch_size: int, desc: str, bar: tqdm) -> np.ndarray:
     log.debug("%s: embedding %d texts", desc, len(texts))  # the progress bar says it
-    parts = []
+    order = np.argsort([len(t) for t in texts], kind="stable")  # chunks of similar lengths pad little, as one call
+    vectors = np.zeros((len(texts), _dim(encoder)), np.float32)
     for start in range(0, len(texts), ENCODE_CHUNK):
-        chunk = list(texts[start:start + ENCODE_CHUNK])
-        parts.append(encoder.encode(chunk, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True))
-        bar.update(len(chunk))
-    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, _dim(encoder)), np.float32)
+        rows = order[start:start + ENCODE_CHUNK]
+        vectors[rows] = encoder.encode([texts[i] for i in rows], batch_size=batch_size, show_progress_bar=False,
+                                       convert_to_numpy=True)
+        bar.update(len(rows))
+    return vectors
 
 
 def _dim(encoder) -> int:
-    return int(encoder.get_sentence_embedding_dimension())
+    return int(encoder.get_embedding_dimension())
 
 
 def embed_texts(texts: Sequence[str], encoder_name: str, keys: Sequence[str] | None = None,
