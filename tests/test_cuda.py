@@ -41,8 +41,10 @@ def test_fit_and_predict_with_both_fusion_stages(prepared, cache_dir, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_search_with_four_trials_sharing_the_gpu(tmp_path, cache_dir, prepared, device):
+    pytest.importorskip("ray", reason="Ray is not installed here (it cannot travel to the GPU machine)")
     from tests.helpers import trial_rows
     from tune_fusion.search import run_search
     from tune_fusion.space import load_spec
