@@ -385,7 +385,7 @@ def run_benchmark(cache: Path, device: str, dry_run: bool, budget_s: float, comp
     ``budget_s`` seconds (a measurement that does not fit is recorded as skipped)."""
     start = time.time()
     deadline = start + budget_s
-    sizes = ({"warmup": 1, "steps": 2, "pack_seconds": 2.0, "assembly_batches": 3} if dry_run
+    sizes = ({"warmup": 1, "steps": 2, "pack_seconds": 1.5, "assembly_batches": 3} if dry_run
              else {"warmup": 3, "steps": 20, "pack_seconds": 15.0, "assembly_batches": 20})
     common = ["--cache", str(cache), "--device", device, "--deadline", str(deadline), "--warmup", str(sizes["warmup"])]
     common += (["--tiny"] if dry_run else []) + (["--compile-on-cpu"] if compile_on_cpu else [])
@@ -393,22 +393,31 @@ def run_benchmark(cache: Path, device: str, dry_run: bool, budget_s: float, comp
     def left() -> float:
         return deadline - time.time() + 30  # a worker started in time may finish its measurement
 
+    phases: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        phases[name] = time.time() - start - sum(phases.values())
+
     workers = {}
     for model in MODELS:
         workers[(model, "eager")] = _worker("throughput", ["--model", model, "--mode", "eager", "--steps",
                                                            str(sizes["steps"])], common, left())
+    lap("eager_throughput_s")
     args = argparse.Namespace(pack_seconds=sizes["pack_seconds"], worker_timeout=max(60.0, left()))
     packing = {str(n): _packing(n, common, args) if time.time() < deadline
                else {"status": "skipped", "reason": "the time budget ran out"} for n in PACKING}
+    lap("packing_s")
     alone = packing["1"].get("total_crystals_per_s")
     for row in packing.values():
         if row["status"] == "measured" and alone:
             row["slowest_vs_alone"] = min(row["per_process_crystals_per_s"]) / alone
             row["total_vs_alone"] = row["total_crystals_per_s"] / alone
     assembly = _worker("assembly", ["--steps", str(sizes["assembly_batches"])], common, left())
+    lap("batch_assembly_s")
     for model in MODELS:
         workers[(model, "compile")] = _worker("throughput", ["--model", model, "--mode", "compile", "--steps",
                                                              str(sizes["steps"])], common, left())
+    lap("compiled_throughput_s")
     throughput, flops = _throughput(workers)
     return {
         "schema_version": 1, "dry_run": dry_run, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -424,7 +433,7 @@ def run_benchmark(cache: Path, device: str, dry_run: bool, budget_s: float, comp
         "throughput": throughput, "flops_per_step": flops, "packing": packing,
         "batch_assembly": {f"batch_{b}": {f"workers_{w}": assembly.get(f"batch_{b}/workers_{w}", assembly)
                                           for w in WORKERS} for b in BATCH_SIZES},
-        **(extra or {}), "wall_s": time.time() - start,
+        **(extra or {}), "phases_s": phases, "wall_s": time.time() - start,
     }
 
 

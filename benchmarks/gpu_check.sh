@@ -43,7 +43,7 @@ case "$MODE" in
     $PY -m tune_fusion.data prepare --cache_dir "$CARRY/cache" >/dev/null
     $PY -c "import sys; from pathlib import Path; from tests.helpers import tiny_config; from tune_fusion.data import prepare
 prepare(tiny_config(Path(sys.argv[1])).data)" "$CARRY/cache"
-    du -sh "$CARRY/wheels" "$CARRY/cache" "$CARRY"
+    du -sh "$CARRY/wheels" "$CARRY/cache"; du -sh "$CARRY"
     echo "gpu_check: $CARRY is ready ($((SECONDS - start)) s); on the GPU machine: carry $CARRY and run" \
          "bash benchmarks/gpu_check.sh"
     exit 0 ;;

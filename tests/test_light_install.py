@@ -29,7 +29,7 @@ from tune_fusion.checkpoint import load_checkpoint
 from tune_fusion.export import open_model
 
 path = sys.argv[1]
-model = open_model(load_checkpoint(path), path, device="cpu", graph_backend="torch")
+model = open_model(load_checkpoint(path), path, device="auto", graph_backend="torch")  # as the run did
 test = model.predict("test")
 print(json.dumps({"ids": [str(model.data.ids[i]) for i in test["index"]], "prediction": test["prediction"].tolist(),
                   "backend": model.model.graph_backend,
@@ -59,4 +59,4 @@ def test_train_and_predict_without_ray_dgl_robocrys_or_the_sentence_encoder(prep
     assert predicted["backend"] == "torch" and predicted["blocked"] == []
     written = read_predictions(folder)
     assert predicted["ids"] == written["jid"].tolist() and len(predicted["ids"]) == len(prepared.split("test"))
-    np.testing.assert_allclose(predicted["prediction"], written["prediction"], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(predicted["prediction"], written["prediction"], rtol=1e-4, atol=1e-5)  # CUDA sums: atomics
