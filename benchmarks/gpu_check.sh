@@ -69,6 +69,8 @@ if [ "$DRY" = 1 ]; then
     > "$block/sitecustomize.py"
   export PYTHONPATH="$block:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
+  $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device is visible here; \
+use --dry-run on a CPU')"
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu_check_site \
     "$CARRY"/wheels/*.whl
   export PYTHONPATH="/tmp/gpu_check_site:$PWD"
