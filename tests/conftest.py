@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,13 @@ def sample_records() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+    """The session's cache folder; with TUNE_FUSION_TEST_CACHE set, a copy of that folder (a cache prepared
+    elsewhere: the GPU machine has no sentence encoder, see benchmarks/gpu_check.sh)."""
+    folder = tmp_path_factory.mktemp("cache")
+    seed = os.environ.get("TUNE_FUSION_TEST_CACHE")
+    if seed:
+        shutil.copytree(seed, folder, dirs_exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

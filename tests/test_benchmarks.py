@@ -61,3 +61,37 @@ def test_search_efficiency_replay_plumbing(tmp_path):
     assert all(len(arm["epochs_to_target"]) == 3 for arm in result["arms"].values())
     assert result["arms"]["random_fifo"]["epochs_budget_used"] == [24, 24, 24]  # 8 trials x 3 epochs, no stopping
     assert result["tpe_asha_over_random_fifo"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_bench_dry_run_writes_every_figure_of_the_gpu_check(cache_dir, prepared, tmp_path):
+    """The GPU check's measurements at the smallest size, on the CPU: every figure issue 21 names has its key (model x
+    batch x precision x mode with peak memory and share of the bf16 peak, the packing curve, batch assembly with 1
+    and 4 workers); what the CPU cannot measure is recorded as skipped with its reason."""
+    out = tmp_path / "gpu_check.json"
+    stdout = bench("benchmarks/gpu_bench.py", "--dry-run", "--cache-dir", str(cache_dir), "--max-structures", "60",
+                   "--output", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["dry_run"] and doc["params"]["fused"] > doc["params"]["graph_only"] > 0
+    for model in ("graph_only", "fused"):
+        for batch in ("batch_64", "batch_256"):
+            assert doc["flops_per_step"][model][batch] > 0
+            cells = doc["throughput"][model][batch]
+            for precision in ("fp32", "bf16"):
+                eager = cells[precision]["eager"]
+                assert eager["status"] == "measured", eager
+                assert eager["crystals_per_s"] > 0 and eager["peak_memory_mb"] > 0 and eager["step_s"] > 0
+                assert 0 < eager["bf16_peak_share"] < 1 and eager["tflop_per_s"] > 0
+            assert cells["tf32"]["eager"] == {"status": "skipped", "reason": "TF32 is a CUDA matrix mode; this device is a CPU"}
+            for precision in ("fp32", "tf32", "bf16"):
+                assert cells[precision]["compile"]["status"] == "skipped" and cells[precision]["compile"]["reason"]
+    for n in (1, 2, 4, 8):
+        row = doc["packing"][str(n)]
+        assert row["status"] == "measured", row
+        assert len(row["per_process_crystals_per_s"]) == len(row["peak_memory_mb"]) == n
+        assert row["total_crystals_per_s"] == pytest.approx(sum(row["per_process_crystals_per_s"]))
+        assert row["slowest_vs_alone"] > 0
+    for batch in ("batch_64", "batch_256"):
+        for workers in ("workers_1", "workers_4"):
+            assert doc["batch_assembly"][batch][workers]["s_per_batch"] > 0
+    assert "packing 8: total" in stdout and "batch assembly batch_256" in stdout

