@@ -25,7 +25,7 @@ from tune_fusion.cluster import check_resources, check_shared, connect, parallel
 from tune_fusion.console import TrialLines, quiet_console, say
 from tune_fusion.data import prepare
 from tune_fusion.data.publish import publish, published_root
-from tune_fusion.errors import ConfigError
+from tune_fusion.errors import ConfigError, is_disk_full
 from tune_fusion.experiment import study_storage
 from tune_fusion.interrupt import StopWhenAsked, stop_signals
 from tune_fusion.lease import hold, refuse_if_held
@@ -43,6 +43,7 @@ from tune_fusion.names import (
 )
 from tune_fusion.searcher import FusionOptunaSearch, make_sampler
 from tune_fusion.space import DefineByRun, SearchSpec, space_summary
+from tune_fusion.storage import whole_files
 from tune_fusion.trainable import train_trial
 from tune_fusion.warm_start import feed_earlier_trials
 
@@ -68,6 +69,7 @@ class SearchRun:
     target: str
     mean_predictor_mae: float
     stopped_by: str | None = None  # the signal that stopped the search before its end (it is saved: --resume)
+    disk_full: str | None = None  # why a full disk stopped the search (where, and the fix: free space, --resume)
 
     @property
     def best_val_mae(self) -> float | None:
@@ -127,11 +129,22 @@ def make_trainable(cache_name: str, published: str | None, base: dict[str, Any],
                                                     base=base, run_id=run_id), resources)
 
 
+class _OneLineWhenFull(logging.Filter):
+    """Ray Tune's failed copy of the experiment's state to a full disk: one line, not a traceback each time (the
+    search goes on, or stops for the full disk, and copies the state again at the next snapshot)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and is_disk_full(record.exc_info[1]):
+            record.msg, record.args = f"{record.getMessage().rstrip(': ')}: {record.exc_info[1]}", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def make_run_config(name: str, storage: str, verbose: bool, target: str) -> tune.RunConfig:
-    """Where trials write, the checkpoints kept, retries of failed trials, and the console (Ray's or the quiet
-    ``TrialLines``)."""
+    """Where trials write (each file whole or not at all: ``tune_fusion.storage``), the checkpoints kept, retries of
+    failed trials, and the console (Ray's or the quiet ``TrialLines``)."""
     return tune.RunConfig(
-        name=name, storage_path=storage,
+        name=name, storage_path=storage, storage_filesystem=whole_files(storage),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         failure_config=tune.FailureConfig(max_failures=2),
         verbose=1 if verbose else 0,
@@ -148,9 +161,11 @@ def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storag
                                {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}, run_id)
     exp_dir = experiment_dir(storage, name)
     quiet_console(verbose)
+    logging.getLogger("ray.tune.execution.experiment_state").addFilter(_OneLineWhenFull())
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_EVERY_S)  # read by Ray Tune when the search starts
     if resume:
-        return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=whole_files(storage))
     study = study_path(exp_dir)
     study.parent.mkdir(parents=True, exist_ok=True)
     storage_of_study = study_storage(study)
@@ -187,7 +202,7 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
     ``warm_start``: folders of earlier searches whose finished trials the new study starts from.
     ``resume="auto"``: continue the experiment if there is one, else start it. SIGUSR1 or SIGTERM stop the search
     cleanly (``tune_fusion.interrupt``; running trials get ``stop_within_s`` to end their epoch): the result says
-    ``stopped_by``, and a resume continues it. While it runs the driver holds the experiment's lease: a second
+    ``stopped_by``, and a resume continues it; so does a full disk (``disk_full``). While it runs the driver holds the experiment's lease: a second
     driver of the same experiment is refused (``tune_fusion.lease``).
     """
     name = name or spec.name
@@ -209,7 +224,8 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
     finished = [r for r in results if r.metrics and METRIC in (r.metrics_dataframe if r.metrics_dataframe is not None
                                                                else {})]
     best = min(finished, key=lambda r: float(r.metrics_dataframe[METRIC].min()), default=None)
-    return SearchRun(exp_dir, results, best, spec.base.data.target, mean_predictor_mae(data), stop.signal)
+    return SearchRun(exp_dir, results, best, spec.base.data.target, mean_predictor_mae(data), stop.signal,
+                     stop.disk_full)
 
 
 def _search(spec: SearchSpec, address: str | None, storage: str, name: str, resume: bool, verbose: bool,
