@@ -8,30 +8,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, assert_search_whole, trial_rows, wait_for, write_space
+from tests.helpers import REPO, assert_search_whole, can_unshare, trial_rows, wait_for, write_space
 from tune_fusion.checkpoint import load_checkpoint
 from tune_fusion.errors import EXIT_DISK_FULL
 
-
-def _can_unshare() -> bool:
-    """Whether this machine lets a process take its own mount namespace, mount a tmpfs there and be entered."""
-    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
-        return False
-    with tempfile.TemporaryDirectory() as folder:
-        probe = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs tmpfs {folder}"]
-        return subprocess.run(probe, capture_output=True).returncode == 0
-
-
-pytestmark = pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -m`, `nsenter` and tmpfs mounts (root, as "
+pytestmark = pytest.mark.skipif(not can_unshare("nsenter"), reason="needs `unshare -m`, `nsenter` and tmpfs mounts (root, as "
                                 "on this machine) to give the search a small disk of its own")
 
 
