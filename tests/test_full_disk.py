@@ -18,6 +18,8 @@ import pytest
 from tests.helpers import REPO, assert_search_whole, can_unshare, trial_rows, wait_for, write_space
 from tune_fusion.checkpoint import load_checkpoint
 from tune_fusion.errors import EXIT_DISK_FULL
+from tune_fusion.experiment import open_study
+from tune_fusion.names import STUDY_FILE
 
 pytestmark = pytest.mark.skipif(not can_unshare("nsenter"), reason="needs `unshare -m`, `nsenter` and tmpfs mounts (root, as "
                                 "on this machine) to give the search a small disk of its own")
@@ -106,5 +108,41 @@ def test_a_full_disk_stops_the_search_cleanly_and_resume_finishes_it(tmp_path, c
         rows = assert_search_whole(exp_dir, 3, before)
         if before.get(f"trial_{trial}"):  # the trial that met the full disk went on from its previous checkpoint
             assert rows[f"trial_{trial}"][len(before[f"trial_{trial}"])]["resumed_from_epoch"] >= 1
+    finally:
+        disk.close()
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_study_ends_the_driver_in_one_line_and_resume_finishes(tmp_path, cache_dir, prepared):
+    """The driver's own write fails: the study journal sits on a one-page tmpfs (bound over the experiment's journal
+    file), which fills after a few trials' records."""
+    space = write_space(tmp_path / "journal.yaml", cache_dir, num_samples=3, epochs=2, fifo=True)
+    storage, exp_dir = tmp_path / "results", tmp_path / "results" / "journal"
+    exp_dir.mkdir(parents=True)
+    (exp_dir / STUDY_FILE).touch()  # a new search (--resume auto, nothing to resume) over this empty study file
+    journal = exp_dir / STUDY_FILE
+    disk = SmallDisk(tmp_path / "small", "4k")
+    try:
+        bound = disk.run("sh", "-c", f"touch {disk.folder}/journal && mount --bind {disk.folder}/journal {journal}")
+        assert bound.returncode == 0, bound.stderr
+        args = [sys.executable, "run_search.py", "--space", str(space), "--storage", str(storage), "--name", "journal"]
+        driver = disk.start(*args, "--resume", "auto")
+        output = finish(driver, 240)
+        assert driver.returncode == EXIT_DISK_FULL, output[-3000:]
+        assert "Traceback" not in output, output[-3000:]
+        last = output.strip().splitlines()[-1]
+        assert last == (f"error: the disk is full (No space left on device) while the driver wrote to {journal} (file "
+                        f"system {journal}: 0 B free of 4.1 kB): free space there, then continue with the same command "
+                        "plus --resume"), last
+        seen = disk.seen(str(exp_dir))
+        assert disk.seen(str(journal)).read_bytes().endswith(b"\n")  # no record cut short
+        before = trial_rows(exp_dir)
+        assert len(open_study(seen)[0].trials) < 3 or not all(r and r[-1]["trial_finished"] for r in before.values())
+
+        assert disk.run("mount", "-o", "remount,size=1m", str(disk.folder)).returncode == 0
+        resumed = disk.start(*args, "--resume")
+        output = finish(resumed, 300)
+        assert resumed.returncode == 0, output[-3000:]
+        assert_search_whole(seen, 3, before)
     finally:
         disk.close()

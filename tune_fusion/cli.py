@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tune_fusion.config import FIELDS, KEY_ALIASES, option_help, option_type
-from tune_fusion.errors import EXIT_DISK_FULL, EXIT_INTERRUPTED, Interrupted, TuneFusionError, disk_full, is_disk_full
+from tune_fusion.errors import (
+    EXIT_DISK_FULL,
+    EXIT_INTERRUPTED,
+    DiskFull,
+    Interrupted,
+    TuneFusionError,
+    disk_full,
+    is_disk_full,
+)
 
 __all__ = ["STOP_SIGNALS", "add_config_options", "config_overrides", "ignore_stop_signals", "run", "stop_early_on_signals"]
 
@@ -42,6 +50,9 @@ def run(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         main(argv)
+    except DiskFull as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_DISK_FULL)
     except TuneFusionError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

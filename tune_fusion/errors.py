@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["EXIT_DISK_FULL", "EXIT_INTERRUPTED", "ConfigError", "DataError", "Interrupted", "TuneFusionError",
-           "disk_full", "is_disk_full", "prefixed"]
+__all__ = ["EXIT_DISK_FULL", "EXIT_INTERRUPTED", "ConfigError", "DataError", "DiskFull", "Interrupted",
+           "TuneFusionError", "disk_full", "disk_full_cause", "is_disk_full", "prefixed"]
 
 
 class TuneFusionError(Exception):
@@ -22,6 +22,10 @@ class ConfigError(TuneFusionError, ValueError):
 
 class DataError(TuneFusionError, ValueError):
     """A dataset, cache or checkpoint cannot be used."""
+
+
+class DiskFull(TuneFusionError):
+    """A write the storage refused for want of space (``disk_full`` says where and the fix); exit EXIT_DISK_FULL."""
 
 
 EXIT_INTERRUPTED = 75  # sysexits.h EX_TEMPFAIL: a run stopped by a signal with its state saved; run it again to go on
@@ -44,6 +48,17 @@ def prefixed(where: str) -> Iterator[None]:
 def is_disk_full(err: BaseException) -> bool:
     """Whether ``err`` is a write refused for want of space: no space left on the device, or the quota reached."""
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_cause(err: BaseException) -> OSError | None:
+    """The full-disk error behind ``err`` (itself, or what it was raised from, as Ray wraps what fails inside it)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if is_disk_full(err):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__ or getattr(err, "cause", None)
+    return None
 
 
 def _size(n: float) -> str:

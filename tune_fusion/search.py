@@ -25,8 +25,7 @@ from tune_fusion.cluster import check_resources, check_shared, connect, parallel
 from tune_fusion.console import TrialLines, quiet_console, say
 from tune_fusion.data import prepare
 from tune_fusion.data.publish import publish, published_root
-from tune_fusion.errors import ConfigError, is_disk_full
-from tune_fusion.experiment import study_storage
+from tune_fusion.errors import ConfigError, DiskFull, disk_full, disk_full_cause, is_disk_full
 from tune_fusion.interrupt import StopWhenAsked, stop_signals
 from tune_fusion.lease import hold, refuse_if_held
 from tune_fusion.names import (
@@ -41,7 +40,7 @@ from tune_fusion.names import (
     is_uri,
     study_path,
 )
-from tune_fusion.searcher import FusionOptunaSearch, make_sampler
+from tune_fusion.searcher import FusionOptunaSearch, journal, make_sampler
 from tune_fusion.space import DefineByRun, SearchSpec, space_summary
 from tune_fusion.storage import whole_files
 from tune_fusion.trainable import train_trial
@@ -168,7 +167,7 @@ def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storag
                                   storage_filesystem=whole_files(storage))
     study = study_path(exp_dir)
     study.parent.mkdir(parents=True, exist_ok=True)
-    storage_of_study = study_storage(study)
+    storage_of_study = journal(study)
     for source in warm_start:
         feed_earlier_trials(source, spec, storage_of_study, name)
     searcher = FusionOptunaSearch(
@@ -218,6 +217,10 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
         started = connect(address, verbose=verbose)
         try:
             data, results = _search(spec, address, storage, name, resume, verbose, warm_start, stop.run_id)
+        except Exception as err:  # the driver's own write to storage (the study, the space) found the disk full
+            if (full := disk_full_cause(err)) is None or isinstance(err, DiskFull):
+                raise
+            raise DiskFull(disk_full(full, full.filename or exp_dir, "while the driver wrote to")) from None
         finally:
             if started:
                 ray.shutdown()
