@@ -169,7 +169,7 @@ def storage_full(run_id: str, trial_id: str, why: str) -> None:
 def _look_for_full_disk(request: StopRequest) -> None:
     """The driver's side of ``storage_full``: a console line for each trial that found the disk full; the first one
     stops the search."""
-    if time.monotonic() - request.full_checked < FULL_CHECK_EVERY_S:
+    if time.monotonic() - request.full_checked < FULL_CHECK_EVERY_S or not internal_kv._internal_kv_initialized():
         return
     request.full_checked = time.monotonic()
     for key in internal_kv._internal_kv_list(_full_key(request.run_id), namespace=_KV_NAMESPACE):
