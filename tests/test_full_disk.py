@@ -17,9 +17,10 @@ import pytest
 
 from tests.helpers import REPO, assert_search_whole, can_unshare, trial_rows, wait_for, write_space
 from tune_fusion.checkpoint import load_checkpoint
-from tune_fusion.errors import EXIT_DISK_FULL
+from tune_fusion.errors import EXIT_DISK_FULL, is_disk_full
 from tune_fusion.experiment import open_study
 from tune_fusion.names import STUDY_FILE
+from tune_fusion.storage import whole_files
 
 pytestmark = pytest.mark.skipif(not can_unshare("nsenter"), reason="needs `unshare -m`, `nsenter` and tmpfs mounts (root, as "
                                 "on this machine) to give the search a small disk of its own")
@@ -61,6 +62,29 @@ def finish(driver: subprocess.Popen, timeout: float) -> str:
     except subprocess.TimeoutExpired:
         os.killpg(driver.pid, signal.SIGKILL)
         raise AssertionError(f"the driver hung: {driver.communicate()[0][-3000:]}") from None
+
+
+def test_a_file_the_full_disk_refuses_leaves_the_previous_version_and_nothing_else(tmp_path):
+    import pyarrow.fs
+
+    disk = SmallDisk(tmp_path / "small", "64k")
+    try:
+        folder = disk.seen(str(disk.folder))  # the test writes into the small disk through the holder's view
+        (folder / "experiment_state.json").write_text('{"trials": 1}')
+        big, small = tmp_path / "big.json", tmp_path / "small.json"
+        big.write_bytes(b"x" * 200_000)
+        small.write_text('{"trials": 2}')
+        with pytest.raises(OSError) as refused:  # as Ray copies its state to storage
+            pyarrow.fs.copy_files(str(big), str(folder / "experiment_state.json"),
+                                  destination_filesystem=whole_files(str(folder)))
+        assert is_disk_full(refused.value)
+        assert [p.name for p in folder.iterdir()] == ["experiment_state.json"]  # no temporary file left
+        assert (folder / "experiment_state.json").read_text() == '{"trials": 1}'
+        pyarrow.fs.copy_files(str(small), str(folder / "experiment_state.json"),
+                              destination_filesystem=whole_files(str(folder)))
+        assert (folder / "experiment_state.json").read_text() == '{"trials": 2}'
+    finally:
+        disk.close()
 
 
 @pytest.mark.slow

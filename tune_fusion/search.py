@@ -139,6 +139,9 @@ class _OneLineWhenFull(logging.Filter):
         return True
 
 
+_ONE_LINE_WHEN_FULL = _OneLineWhenFull()  # one object: added once however many searches a process runs
+
+
 def make_run_config(name: str, storage: str, verbose: bool, target: str) -> tune.RunConfig:
     """Where trials write (each file whole or not at all: ``tune_fusion.storage``), the checkpoints kept, retries of
     failed trials, and the console (Ray's or the quiet ``TrialLines``)."""
@@ -160,7 +163,7 @@ def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storag
                                {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}, run_id)
     exp_dir = experiment_dir(storage, name)
     quiet_console(verbose)
-    logging.getLogger("ray.tune.execution.experiment_state").addFilter(_OneLineWhenFull())
+    logging.getLogger("ray.tune.execution.experiment_state").addFilter(_ONE_LINE_WHEN_FULL)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_EVERY_S)  # read by Ray Tune when the search starts
     if resume:
         return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
@@ -201,8 +204,9 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
     ``warm_start``: folders of earlier searches whose finished trials the new study starts from.
     ``resume="auto"``: continue the experiment if there is one, else start it. SIGUSR1 or SIGTERM stop the search
     cleanly (``tune_fusion.interrupt``; running trials get ``stop_within_s`` to end their epoch): the result says
-    ``stopped_by``, and a resume continues it; so does a full disk (``disk_full``). While it runs the driver holds the experiment's lease: a second
-    driver of the same experiment is refused (``tune_fusion.lease``).
+    ``stopped_by``, and a resume continues it; so does a storage that fills up (``disk_full`` says where). While it
+    runs the driver holds the experiment's lease: a second driver of the same experiment is refused
+    (``tune_fusion.lease``).
     """
     name = name or spec.name
     storage = storage if is_uri(storage) else str(Path(storage).expanduser().resolve())

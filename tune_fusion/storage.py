@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pyarrow
@@ -32,14 +33,20 @@ class _WholeOrNothing:
         folder, name = os.path.split(path)
         self.path, self.temporary = path, os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         self.handle = open(self.temporary, "wb")  # noqa: SIM115  (closed in close())
-        self.failed = False
 
     def _guard(self, step: Any, *args: Any) -> Any:
         try:
             return step(*args)
         except BaseException:
-            self.failed = True
+            self._discard()  # at once: the error may be held (and this stream with it) long after
             raise
+
+    def _discard(self) -> None:
+        try:
+            self.handle.close()
+        except OSError:
+            pass
+        Path(self.temporary).unlink(missing_ok=True)
 
     def write(self, data: Any) -> int:
         return self._guard(self.handle.write, data)
@@ -64,20 +71,14 @@ class _WholeOrNothing:
         return self.handle.closed
 
     def close(self) -> None:
-        if self.handle.closed:
+        if self.handle.closed:  # closed already, or discarded after a failed write
             return
-        try:
-            self._guard(self.handle.close)  # the last bytes reach the disk here, and may not fit
-        finally:
-            if self.failed:
-                os.unlink(self.temporary)
-            else:
-                os.replace(self.temporary, self.path)
+        self._guard(self.handle.close)  # the last bytes reach the disk here, and may not fit
+        os.replace(self.temporary, self.path)
 
-    def __del__(self) -> None:  # a stream abandoned after a failed write: nothing of it stays on the disk
+    def __del__(self) -> None:  # a stream abandoned unclosed: nothing of it stays on the disk
         if not self.handle.closed:
-            self.failed = True
-            self.close()
+            self._discard()
 
 
 class _WholeFilesHandler(pyarrow.fs.FileSystemHandler):

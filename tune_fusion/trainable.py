@@ -109,6 +109,7 @@ def train_trial(params: dict[str, Any], cache_name: str, published: str | None, 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         finished = bool(metrics["stop_reason"]) or metrics["epoch"] >= cfg.train.epochs
         value = metrics[METRIC] if math.isfinite(metrics[METRIC]) else math.inf
+        full = None
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
             try:
@@ -117,7 +118,9 @@ def train_trial(params: dict[str, Any], cache_name: str, published: str | None, 
             except OSError as err:  # copying the checkpoint to storage failed
                 if not is_disk_full(err):
                     raise
-                _on_full_disk(err, storage, run_id, trial_id)
+                full = err
+        if full is not None:  # once the local copy is gone: the trial waits here until the driver ends it
+            _on_full_disk(full, storage, run_id, trial_id)
         if not finished and trial_should_wait(run_id):  # this epoch is saved; the next one is the next driver's
             wait_to_be_stopped(run_id, trial_id)
 
