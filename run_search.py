@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tune_fusion.cli import Parser, console_warnings_only, ignore_stop_signals, run, stop_early_on_signals
-from tune_fusion.errors import EXIT_INTERRUPTED
+from tune_fusion.errors import EXIT_DISK_FULL, EXIT_INTERRUPTED
 from tune_fusion.experiment import read_trials, status_counts
 from tune_fusion.names import DEFAULT_STOP_WITHIN_S, DEFAULT_STORAGE
 
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> None:
                          verbose=args.verbose, warm_start=tuple(args.warm_start), stop_within_s=args.stop_within)
     ignore_stop_signals()
     print_summary(outcome)
+    if outcome.disk_full:
+        print(f"error: the search stopped: {outcome.disk_full}", file=sys.stderr)
+        sys.exit(EXIT_DISK_FULL)
     if outcome.stopped_by:
         print(f"stopped by {outcome.stopped_by}; the search is saved: continue it with the same command plus --resume")
         sys.exit(EXIT_INTERRUPTED)

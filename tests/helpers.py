@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -147,6 +150,16 @@ def continued_without_retraining(before: list[dict], after: list[dict]) -> bool:
             and all({k: r[k] for k in TRAINED} == had[r["epoch"]] for r in told if r["epoch"] in had)
             and start >= max(had, default=0)
             and [r["epoch"] for r in new] == list(range(start + 1, start + 1 + len(new))))
+
+
+def can_unshare(*tools: str) -> bool:
+    """Whether this machine lets a process take its own mount namespace and mount a tmpfs there (root, as here), with
+    ``tools`` installed."""
+    if any(shutil.which(tool) is None for tool in ("unshare", *tools)):
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        probe = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs tmpfs {folder}"]
+        return subprocess.run(probe, capture_output=True).returncode == 0
 
 
 def wait_for(condition, timeout: float, what: str):

@@ -10,30 +10,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, assert_search_whole, tiny_config, trial_rows, wait_for, write_space
+from tests.helpers import REPO, assert_search_whole, can_unshare, tiny_config, trial_rows, wait_for, write_space
 
-
-def _can_unshare() -> bool:
-    """Whether this machine lets a process take its own mount namespace and mount a tmpfs there (root, as here)."""
-    if shutil.which("unshare") is None or shutil.which("ray") is None:
-        return False
-    with tempfile.TemporaryDirectory() as folder:
-        probe = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs tmpfs {folder}"]
-        return subprocess.run(probe, capture_output=True).returncode == 0
-
-
-if not _can_unshare():
+if not can_unshare("ray"):
     pytest.skip("needs `unshare -m` and tmpfs mounts (root, as on this machine) to give worker nodes their own mounts",
                 allow_module_level=True)
 

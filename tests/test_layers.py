@@ -19,7 +19,7 @@ BASE = {"tune_fusion", "tune_fusion._dgl_compat", "tune_fusion.errors", "tune_fu
         "tune_fusion.config", "tune_fusion.cli", "tune_fusion.results", "tune_fusion.experiment"}
 SEARCH = {"tune_fusion.trainable", "tune_fusion.cluster", "tune_fusion.space", "tune_fusion.searcher",
           "tune_fusion.warm_start", "tune_fusion.console", "tune_fusion.search", "tune_fusion.confirm",
-          "tune_fusion.interrupt", "tune_fusion.lease"}
+          "tune_fusion.interrupt", "tune_fusion.lease", "tune_fusion.storage"}
 ANALYSIS = {"tune_fusion.export", "tune_fusion.ablation", "tune_fusion.diagnostics", "tune_fusion.plots",
             "tune_fusion.report", "tune_fusion.importance", "tune_fusion.analysis"}
 TRAIN = {"tune_fusion.checkpoint", "tune_fusion.train", "tune_fusion.train.__main__"}

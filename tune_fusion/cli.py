@@ -11,7 +11,16 @@ from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from tune_fusion.config import FIELDS, KEY_ALIASES, option_help, option_type
-from tune_fusion.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, TuneFusionError
+from tune_fusion.errors import (
+    EXIT_DISK_FULL,
+    EXIT_INTERRUPTED,
+    ConfigError,
+    DiskFull,
+    Interrupted,
+    TuneFusionError,
+    disk_full,
+    is_disk_full,
+)
 
 __all__ = ["STOP_SIGNALS", "Parser", "add_config_options", "config_overrides", "console_warnings_only",
            "ignore_stop_signals", "run", "stop_early_on_signals"]
@@ -71,15 +80,24 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
     """Run ``main``; a TuneFusionError becomes one line on stderr and exit status 2, not a traceback; a clean stop
-    by a signal (``Interrupted``) one line and EXIT_INTERRUPTED (75)."""
+    by a signal (``Interrupted``) one line and EXIT_INTERRUPTED (75); a full disk one line naming it and
+    EXIT_DISK_FULL (74)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_own_info_only)
     try:
         main(argv)
+    except DiskFull as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_DISK_FULL)
     except TuneFusionError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        print(f"error: {disk_full(err, err.filename or '.', 'while writing')}", file=sys.stderr)
+        sys.exit(EXIT_DISK_FULL)
     except Interrupted as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

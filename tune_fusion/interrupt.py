@@ -12,6 +12,12 @@ SIGUSR1 (SLURM's warning before a job's time limit, ``#SBATCH --signal=B:USR1@30
 ``run_search.py`` then exits with EXIT_INTERRUPTED (75, sysexits' "temporary failure"): interrupted, resumable.
 SIGINT (Ctrl-C) keeps Ray Tune's own meaning: stop now and save (the epochs in progress are trained again later).
 
+A full disk stops the search the same way: a trial whose checkpoint cannot be written for want of space
+(``storage_full``) says so to the driver, keeps its previous checkpoint, and waits; the driver stops the search and
+``run_search.py`` exits with EXIT_DISK_FULL (74) and one line naming the full file system. Once space is freed,
+``--resume`` continues every trial from its last whole checkpoint (the epoch that could not be saved is trained again).
+Ending the trial instead would not help: every trial after it would meet the same disk.
+
 The trials learn of the request through Ray's key-value store (one key per driver run), so they need no shared
 folder. The driver's state lives in this module, not in the Tune callback: Ray pickles callbacks into the experiment
 and a resumed search gets the old objects back.
@@ -39,10 +45,11 @@ from tune_fusion.names import DEFAULT_STOP_WITHIN_S
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StopRequest", "StopWhenAsked", "current", "stop_signals", "stopping", "trial_should_wait",
+__all__ = ["StopRequest", "StopWhenAsked", "current", "stop_signals", "stopping", "storage_full", "trial_should_wait",
            "wait_to_be_stopped"]
 
 _KV_NAMESPACE = "tune_fusion"
+FULL_CHECK_EVERY_S = 1.0  # how often the driver looks for a trial that found the disk full
 WHY = {"SIGUSR1": "the job's time limit is near", "SIGTERM": "the job is being stopped", "SIGINT": "Ctrl-C"}
 
 
@@ -59,17 +66,26 @@ class StopRequest:
     trial_failed: bool = False
     tune_stop: Any = None  # Ray Tune's own SIGUSR1 handler: ends the loop and writes the experiment's state
     done: bool = False
+    disk_full: str | None = None  # the first trial's account of the full disk that stopped the search
+    full_seen: set[str] = field(default_factory=set)  # the trials that told of it
+    full_checked: float = 0.0  # time.monotonic() of the last look
 
     def ask(self, signum: int) -> None:
-        if self.signal is None:
+        if not self.asked:
             self.signal, self.asked_at = signal.Signals(signum).name, time.monotonic()
+
+    def ask_for_full_disk(self, why: str) -> None:
+        self.disk_full = self.disk_full or why
+        self.asked_at = self.asked_at or time.monotonic()
 
     @property
     def asked(self) -> bool:
-        return self.signal is not None
+        return self.signal is not None or self.disk_full is not None
 
     @property
     def reason(self) -> str:
+        if self.signal is None and self.disk_full is not None:
+            return "a full disk"
         return f"{self.signal} ({WHY.get(self.signal or '', 'asked to stop')})"
 
 
@@ -106,7 +122,7 @@ def stop_signals(stop_within_s: float = DEFAULT_STOP_WITHIN_S) -> Iterator[StopR
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if request.asked and internal_kv._internal_kv_initialized():
-            for key in (_key(request.run_id), _waiting_key(request.run_id)):
+            for key in (_key(request.run_id), _waiting_key(request.run_id), _full_key(request.run_id)):
                 internal_kv._internal_kv_del(key, del_by_prefix=True, namespace=_KV_NAMESPACE)
 
 
@@ -116,6 +132,10 @@ def _key(run_id: str) -> str:
 
 def _waiting_key(run_id: str, trial_id: str = "") -> str:
     return f"waiting:{run_id}:{trial_id}"
+
+
+def _full_key(run_id: str, trial_id: str = "") -> str:
+    return f"full:{run_id}:{trial_id}"
 
 
 def stopping() -> bool:
@@ -136,6 +156,30 @@ def wait_to_be_stopped(run_id: str, trial_id: str) -> None:
     internal_kv._internal_kv_put(_waiting_key(run_id, trial_id), b"1", namespace=_KV_NAMESPACE)
     while True:
         time.sleep(60)
+
+
+def storage_full(run_id: str, trial_id: str, why: str) -> None:
+    """In a trial whose checkpoint could not be written for want of space (``why`` says where): tell the driver,
+    which stops the search, and train nothing more. The trial's previous checkpoint is whole; a resume goes on
+    from it."""
+    internal_kv._internal_kv_put(_full_key(run_id, trial_id), why.encode(), namespace=_KV_NAMESPACE)
+    wait_to_be_stopped(run_id, trial_id)
+
+
+def _look_for_full_disk(request: StopRequest) -> None:
+    """The driver's side of ``storage_full``: a console line for each trial that found the disk full; the first one
+    stops the search."""
+    if time.monotonic() - request.full_checked < FULL_CHECK_EVERY_S or not internal_kv._internal_kv_initialized():
+        return
+    request.full_checked = time.monotonic()
+    for key in internal_kv._internal_kv_list(_full_key(request.run_id), namespace=_KV_NAMESPACE):
+        trial_id = key.decode().rsplit(":", 1)[-1]
+        if trial_id in request.full_seen:
+            continue
+        request.full_seen.add(trial_id)
+        why = (internal_kv._internal_kv_get(key, namespace=_KV_NAMESPACE) or b"").decode()
+        say(f"trial {trial_id} could not save its epoch: {why.split(': free space', 1)[0]}")
+        request.ask_for_full_disk(why)
 
 
 class StopWhenAsked(tune.Callback):
@@ -163,7 +207,10 @@ class StopWhenAsked(tune.Callback):
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         request = _current
-        if request is None or not request.asked or request.done:
+        if request is None or request.done:
+            return
+        _look_for_full_disk(request)
+        if not request.asked:
             return
         if not request.announced:
             request.announced = True

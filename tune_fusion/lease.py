@@ -111,7 +111,11 @@ def _write(location: str, holder: Holder) -> None:
     path = Path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{holder.token}")
-    temporary.write_bytes(data)
+    try:
+        temporary.write_bytes(data)
+    except OSError:  # a full disk: leave nothing behind
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)  # atomic, on NFS too
 
 

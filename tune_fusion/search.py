@@ -26,8 +26,8 @@ from tune_fusion.cluster import check_resources, check_shared, connect, parallel
 from tune_fusion.console import TrialLines, log_to_file, quiet_console, say
 from tune_fusion.data import prepare
 from tune_fusion.data.publish import publish, published_root
-from tune_fusion.errors import ConfigError
-from tune_fusion.experiment import open_study, study_storage
+from tune_fusion.errors import ConfigError, DiskFull, disk_full, disk_full_cause, is_disk_full
+from tune_fusion.experiment import open_study
 from tune_fusion.interrupt import StopWhenAsked, stop_signals
 from tune_fusion.lease import hold, refuse_if_held
 from tune_fusion.names import (
@@ -43,8 +43,9 @@ from tune_fusion.names import (
     is_uri,
     study_path,
 )
-from tune_fusion.searcher import FusionOptunaSearch, make_sampler, name_objective
+from tune_fusion.searcher import FusionOptunaSearch, journal, make_sampler, name_objective
 from tune_fusion.space import DefineByRun, SearchSpec, space_summary
+from tune_fusion.storage import whole_files
 from tune_fusion.trainable import train_trial
 from tune_fusion.warm_start import feed_earlier_trials
 
@@ -73,6 +74,7 @@ class SearchRun:
     prepare_s: float = 0.0  # the data preparation (or opening the prepared cache), before the search
     search_s: float = 0.0  # the search itself, from its start to its end (the console's [m:ss] stamps)
     log_file: str | None = None  # a quiet search's log (``names.DRIVER_LOG``)
+    disk_full: str | None = None  # why a full disk stopped the search (where, and the fix: free space, --resume)
 
     @property
     def best_val_mae(self) -> float | None:
@@ -133,11 +135,25 @@ def make_trainable(cache_name: str, published: str | None, base: dict[str, Any],
                                                     base=base, run_id=run_id), resources)
 
 
+class _OneLineWhenFull(logging.Filter):
+    """Ray Tune's failed copy of the experiment's state to a full disk: one line, not a traceback each time (the
+    search goes on, or stops for the full disk, and copies the state again at the next snapshot)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and is_disk_full(record.exc_info[1]):
+            record.msg, record.args = f"{record.getMessage().rstrip(': ')}: {record.exc_info[1]}", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_ONE_LINE_WHEN_FULL = _OneLineWhenFull()  # one object: added once however many searches a process runs
+
+
 def make_run_config(name: str, storage: str, verbose: bool, target: str) -> tune.RunConfig:
-    """Where trials write, the checkpoints kept, retries of failed trials, and the console (Ray's or the quiet
-    ``TrialLines``)."""
+    """Where trials write (each file whole or not at all: ``tune_fusion.storage``), the checkpoints kept, retries of
+    failed trials, and the console (Ray's or the quiet ``TrialLines``)."""
     return tune.RunConfig(
-        name=name, storage_path=storage,
+        name=name, storage_path=storage, storage_filesystem=whole_files(storage),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         failure_config=tune.FailureConfig(max_failures=2),
         verbose=1 if verbose else 0,
@@ -154,15 +170,17 @@ def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storag
                                {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}, run_id)
     exp_dir = experiment_dir(storage, name)
     quiet_console(verbose)
+    logging.getLogger("ray.tune.execution.experiment_state").addFilter(_ONE_LINE_WHEN_FULL)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_EVERY_S)  # read by Ray Tune when the search starts
     if resume:
         study, _ = open_study(Path(exp_dir), exp_dir)
         if study is not None:  # a study made before its objective was named gets the name now
             name_objective(study, spec.base.data.target)
-        return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=whole_files(storage))
     study = study_path(exp_dir)
     study.parent.mkdir(parents=True, exist_ok=True)
-    storage_of_study = study_storage(study)
+    storage_of_study = journal(study)
     for source in warm_start:
         feed_earlier_trials(source, spec, storage_of_study, name)
     searcher = FusionOptunaSearch(
@@ -197,8 +215,9 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
     ``warm_start``: folders of earlier searches whose finished trials the new study starts from.
     ``resume="auto"``: continue the experiment if there is one, else start it. SIGUSR1 or SIGTERM stop the search
     cleanly (``tune_fusion.interrupt``; running trials get ``stop_within_s`` to end their epoch): the result says
-    ``stopped_by``, and a resume continues it. While it runs the driver holds the experiment's lease: a second
-    driver of the same experiment is refused (``tune_fusion.lease``).
+    ``stopped_by``, and a resume continues it; so does a storage that fills up (``disk_full`` says where). While it
+    runs the driver holds the experiment's lease: a second driver of the same experiment is refused
+    (``tune_fusion.lease``).
     """
     name = name or spec.name
     storage = storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
@@ -213,13 +232,18 @@ def run_search(spec: SearchSpec, address: str | None = None, storage: str = DEFA
         started = connect(address, verbose=verbose)
         try:
             data, results, times = _search(spec, address, storage, name, resume, verbose, warm_start, stop.run_id)
+        except Exception as err:  # the driver's own write to storage (the study, the space) found the disk full
+            if (full := disk_full_cause(err)) is None or isinstance(err, DiskFull):
+                raise
+            raise DiskFull(disk_full(full, full.filename or exp_dir, "while the driver wrote to")) from None
         finally:
             if started:
                 ray.shutdown()
     finished = [r for r in results if r.metrics and METRIC in (r.metrics_dataframe if r.metrics_dataframe is not None
                                                                else {})]
     best = min(finished, key=lambda r: float(r.metrics_dataframe[METRIC].min()), default=None)
-    return SearchRun(exp_dir, results, best, spec.base.data.target, mean_predictor_mae(data), stop.signal, **times)
+    return SearchRun(exp_dir, results, best, spec.base.data.target, mean_predictor_mae(data), stop.signal,
+                     disk_full=stop.disk_full, **times)
 
 
 def _search(spec: SearchSpec, address: str | None, storage: str, name: str, resume: bool, verbose: bool,

@@ -7,8 +7,10 @@ Example:
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -18,8 +20,8 @@ from tune_fusion.names import LOST, METRIC, OPTUNA_STATE, REPEAT_OF, is_copy, tr
 from tune_fusion.space import SearchSpec
 from tune_fusion.units import unit
 
-__all__ = ["REPEAT_TRIES", "FusionOptunaSearch", "ask_new", "make_sampler", "metric_name", "name_objective",
-           "tell_if_repeat"]
+__all__ = ["REPEAT_TRIES", "FusionOptunaSearch", "WholeAppendsJournal", "ask_new", "journal", "make_sampler",
+           "metric_name", "name_objective", "tell_if_repeat"]
 
 
 def metric_name(target: str) -> str:
@@ -135,6 +137,28 @@ class FusionOptunaSearch(OptunaSearch):
             return super().on_trial_complete(trial_id, {**result, METRIC: result["best_val_mae"]}, error)
         self._ot_study.tell(ot_trial, state=state)
         self._completed_trials.add(trial_id)
+
+
+class WholeAppendsJournal(optuna.storages.journal.JournalFileBackend):
+    """Optuna's journal file, whose appends are whole or not at all: an append the disk refuses half way (full) is
+    cut back off, since a line cut short would make every later read of the study fail. (The experiment's lease
+    keeps one driver, the only writer, per study.)"""
+
+    def append_logs(self, logs: list[dict]) -> None:
+        size = os.path.getsize(self._file_path)
+        try:
+            super().append_logs(logs)
+        except OSError as err:
+            try:
+                os.truncate(self._file_path, size)
+            except OSError:
+                pass
+            raise OSError(err.errno, err.strerror, self._file_path) from err  # naming the file
+
+
+def journal(path: Path) -> optuna.storages.JournalStorage:
+    """The study journal a search writes (``WholeAppendsJournal``)."""
+    return optuna.storages.JournalStorage(WholeAppendsJournal(str(path)))
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:

@@ -20,8 +20,8 @@ from tune_fusion.checkpoint import load_checkpoint, save_checkpoint
 from tune_fusion.config import Config
 from tune_fusion.data import load
 from tune_fusion.data.publish import fetch
-from tune_fusion.errors import DataError, TuneFusionError
-from tune_fusion.interrupt import trial_should_wait, wait_to_be_stopped
+from tune_fusion.errors import DataError, TuneFusionError, disk_full, is_disk_full
+from tune_fusion.interrupt import storage_full, trial_should_wait, wait_to_be_stopped
 from tune_fusion.names import CHECKPOINT_FILE, FINISHED, METRIC, StopReason
 from tune_fusion.train import fit
 
@@ -55,6 +55,22 @@ def newest_checkpoint(storage: StorageContext) -> dict[str, Any] | None:
         except (OSError, DataError):  # a write cut short by a kill: the one before is whole
             continue
     return None
+
+
+def _on_full_disk(err: OSError, storage: StorageContext, run_id: str | None, trial_id: str) -> None:
+    """A checkpoint that could not be written for want of space: its partial folder is removed (it would not load,
+    and it holds space), the driver is told, and the trial trains nothing more; its previous checkpoint is whole
+    (Ray writes each into a new folder, and drops the oldest only once the next is complete)."""
+    folder = storage.checkpoint_fs_path
+    why = disk_full(err, folder, f"while trial {trial_id} wrote its checkpoint")
+    log.error("%s", why)
+    try:
+        storage.storage_filesystem.delete_dir(folder)
+    except OSError:  # never created, or the storage is failing altogether
+        pass
+    if not run_id:  # no driver to stop (a trainable run outside run_search): an error, retried by Ray
+        raise OSError(err.errno, why) from err
+    storage_full(run_id, trial_id, why)
 
 
 def _use_trial_resources() -> torch.device:
@@ -93,10 +109,18 @@ def train_trial(params: dict[str, Any], cache_name: str, published: str | None, 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         finished = bool(metrics["stop_reason"]) or metrics["epoch"] >= cfg.train.epochs
         value = metrics[METRIC] if math.isfinite(metrics[METRIC]) else math.inf
+        full = None
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
-            tune.report({**metrics, **placement, METRIC: value, FINISHED: int(finished)},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+            try:
+                tune.report({**metrics, **placement, METRIC: value, FINISHED: int(finished)},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
+            except OSError as err:  # copying the checkpoint to storage failed
+                if not is_disk_full(err):
+                    raise
+                full = err
+        if full is not None:  # once the local copy is gone: the trial waits here until the driver ends it
+            _on_full_disk(full, storage, run_id, trial_id)
         if not finished and trial_should_wait(run_id):  # this epoch is saved; the next one is the next driver's
             wait_to_be_stopped(run_id, trial_id)
 
