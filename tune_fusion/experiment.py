@@ -61,7 +61,7 @@ class TrialInfo:
         if self.found_checkpoint is None or self.found_checkpoint.is_file():
             return self.found_checkpoint
         newer = sorted(self.path.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
-        return newer[-1] if newer else None
+        return newer[-1] if newer else self.found_checkpoint  # none there now: loading it says so
 
     @property
     def epochs(self) -> int:
