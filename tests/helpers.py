@@ -177,6 +177,8 @@ def assert_search_whole(exp_dir: Path, trials: int, before: dict[str, list[dict]
     assert len(rows) == trials and all(r[-1]["trial_finished"] for r in rows.values()), {
         k: [(x["epoch"], x["trial_finished"]) for x in r] for k, r in rows.items()}
     for trial, had in before.items():
+        if not had and trial not in rows:  # begun but lost at the stop, before its first epoch: closed as lost below
+            continue
         kept = nothing_trained_again if had and had[-1]["trial_finished"] else continued_without_retraining
         assert kept(had, rows[trial]), (trial, [(r["epoch"], r["resumed_from_epoch"]) for r in rows[trial]])
     for trial, got in rows.items():  # epochs told again after a resume are copies (resumed_from_epoch >= epoch)
