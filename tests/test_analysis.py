@@ -379,3 +379,24 @@ def test_bad_inputs_give_one_line_errors(experiment, tmp_path, capsys):
         ckpt = load_checkpoint(best_trial(read_trials(experiment), experiment).checkpoint)
         ckpt["best_model"] = {k: v for k, v in list(ckpt["best_model"].items())[:-1]}
         open_model(ckpt, "edited.pt", device="cpu")
+
+
+def test_a_checkpoint_opens_the_view_it_was_trained_on_when_an_earlier_version_prepared_it(prepared, cache_dir):
+    """A view prepared under an earlier version's rules (its key differs from what the settings give now) still
+    serves the checkpoints trained on it, as long as it is in the cache; without it, one line says what to do."""
+    from tests.helpers import tiny_config
+    from tune_fusion.checkpoint import run_state
+    from tune_fusion.train import start_run
+
+    ckpt = run_state(start_run(tiny_config(cache_dir), prepared))
+    earlier = prepared.path.with_name(f"{prepared.path.name.rsplit('-', 1)[0]}-0123456789abcdef")
+    shutil.copytree(prepared.path, earlier)
+    meta = json.loads((earlier / "meta.json").read_text())
+    (earlier / "meta.json").write_text(json.dumps({**meta, "key": "0123456789abcdef"}))
+    ckpt["dataset_fingerprint"] = "0123456789abcdef"
+    try:
+        assert open_model(ckpt, "old.pt").data.path == earlier
+    finally:
+        shutil.rmtree(earlier)
+    with pytest.raises(DataError, match="old.pt was trained on prepared data 0123456789abcdef.*or retrain it"):
+        open_model(ckpt, "old.pt")

@@ -27,6 +27,7 @@ from tune_fusion.checkpoint import checkpoint_config, load_checkpoint, plain_che
 from tune_fusion.config import SAMPLE_DATASET, Config
 from tune_fusion.data import PreparedData, Standardizer, make_loader, prepare
 from tune_fusion.data.arrays import TextArrays
+from tune_fusion.data.cache import is_complete, load
 from tune_fusion.data.embed import embed_texts
 from tune_fusion.data.graphs import build_chunk, graph_arrays
 from tune_fusion.data.pool import process_map
@@ -77,14 +78,18 @@ def open_model(ckpt: Mapping[str, Any], path: str | Path, device: str = "auto", 
         cfg = cfg.replace({"cache_dir": cache_dir})
     if data is None or data.fingerprint != ckpt["dataset_fingerprint"]:
         data, _ = prepare(cfg.data)
+    earlier = data.path.with_name(f"{data.path.name.rsplit('-', 1)[0]}-{ckpt['dataset_fingerprint']}")
+    if data.fingerprint != ckpt["dataset_fingerprint"] and is_complete(earlier):
+        data = load(earlier)  # the view it was trained on, prepared by an earlier version's rules (same dataset)
     if data.fingerprint != ckpt["dataset_fingerprint"]:
         if "text_vector" not in ckpt["config"]:
             raise DataError(f"checkpoint {path} was made by an earlier tune-fusion whose prepared caches this version "
                             "cannot open; tune_fusion.export.load_model(path).predict(...) still uses it, but to "
                             "evaluate it on its splits retrain it with this version")
         raise DataError(f"checkpoint {path} was trained on prepared data {ckpt['dataset_fingerprint']}, but its "
-                        f"settings now give {data.fingerprint} ({data.path}): the dataset file changed; analyse "
-                        "it with the original dataset (or point the cache directory at the original cache)")
+                        f"settings now give {data.fingerprint} ({data.path}): the dataset file changed, or its cache was "
+                        "prepared by an earlier version and is gone; analyse it with the original dataset and cache "
+                        "(--cache_dir), or retrain it")
     target = pick_device(device)
     model = place_model(build_network(ckpt, path), target, graph_backend)
     return TrainedModel(cfg, data, model, Standardizer(**ckpt["standardizer"]), target)
