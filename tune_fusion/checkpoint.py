@@ -25,7 +25,7 @@ import torch
 from tune_fusion import __version__
 from tune_fusion.config import Config
 from tune_fusion.data import PreparedData, Standardizer
-from tune_fusion.errors import ConfigError, DataError
+from tune_fusion.errors import ConfigError, DataError, first_line
 
 if TYPE_CHECKING:
     from tune_fusion.train import Run
@@ -119,8 +119,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types on a truncated or foreign file
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise DataError(f"checkpoint {path} cannot be read ({reason}); it is corrupt or not a tune-fusion "
+        raise DataError(f"checkpoint {path} cannot be read ({first_line(err)}); it is corrupt or not a tune-fusion "
                         "checkpoint: use the trial's other checkpoint_* folder or retrain") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if isinstance(ckpt, dict) and "best_model" not in ckpt and "model" not in ckpt:

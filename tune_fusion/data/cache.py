@@ -195,7 +195,7 @@ def _build(cfg: DataConfig, source: Source, path: Path, parallel_map: MapFunctio
     log.info("preparing %d crystals of %s once (graphs, descriptions, embeddings; later runs open the cache in "
              "milliseconds)", len(records), source.path.name)
     lap("records_s")
-    records, graph_refs = _graph_rows(records, cfg, path.parent, report, parallel_map)
+    records, graph_refs, shapes = _graph_rows(records, cfg, path.parent, report, parallel_map)
     lap("graphs_s")
     store = DescriptionStore(Path(cfg.cache_dir).expanduser() / "descriptions.csv.gz")
     texts, text_counts = fill_descriptions([r.jid for r in records], [r.atoms for r in records],
@@ -203,9 +203,8 @@ def _build(cfg: DataConfig, source: Source, path: Path, parallel_map: MapFunctio
     lap("text_s")
     text_refs, new_texts = _text_rows(texts, cfg, path.parent)
     lap("embedding_s")
-    shapes = [structure_hash(r.atoms) for r in records]  # one structure under several ids: kept, in one split
     groups: dict[str, list[str]] = {}
-    for shape, record in zip(shapes, records):
+    for shape, record in zip(shapes, records):  # one structure under several ids: kept, in one split
         groups.setdefault(shape, []).append(record.jid)
     report.same_structure = [ids for ids in groups.values() if len(ids) > 1]
     if report.same_structure:
@@ -262,9 +261,9 @@ def _ref_arrays(refs: list[tuple[str, int]]) -> tuple[list[str], np.ndarray]:
 
 
 def _graph_rows(records: list[Record], cfg: DataConfig, cache_dir: Path, report: RecordReport,
-                parallel_map: MapFunction) -> tuple[list[Record], list[tuple[str, int]]]:
-    """Graph rows of every record, built where the graph store lacks them; records whose structure cannot become a
-    graph are skipped and listed by id."""
+                parallel_map: MapFunction) -> tuple[list[Record], list[tuple[str, int]], list[str]]:
+    """Graph rows of every record, built where the graph store lacks them, and the kept records' structure hashes;
+    records whose structure cannot become a graph are skipped and listed by id."""
     keys = [structure_hash(r.atoms) for r in records]
     atoms_by_key = {k: r.atoms for k, r in zip(keys, records)}
 
@@ -286,18 +285,19 @@ def _graph_rows(records: list[Record], cfg: DataConfig, cache_dir: Path, report:
         return graph_arrays(built, built_keys, [table for _, table in results]), errors
 
     where, errors = ShardStore(cache_dir / f"graphs-{graph_store_key(cfg)}").ensure(keys, build)
-    kept, refs = [], []
+    kept, refs, kept_keys = [], [], []
     for key, record in zip(keys, records):
         if key in where:
             kept.append(record)
             refs.append(where[key])
+            kept_keys.append(key)
         else:
             report.skipped_structure[record.jid] = errors.get(key, "graph: not built")
     report.kept = len(kept)
     if not kept:
         raise DataError(f"no structure of {cfg.dataset} could be turned into a graph "
                         f"(cutoff={cfg.cutoff}, max_neighbors={cfg.max_neighbors}); see the skipped ids")
-    return kept, refs
+    return kept, refs, kept_keys
 
 
 def _build_chunk(work: tuple) -> tuple:
