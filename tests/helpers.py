@@ -140,13 +140,18 @@ def continued_without_retraining(before: list[dict], after: list[dict]) -> bool:
     """A trial cut mid-way: its rows ``after`` keep every epoch it had ``before`` with the same values; each row
     added since is either an epoch told again from its checkpoint (resumed_from_epoch >= its epoch: one it had, or
     one trained just before the stop whose row the stopped driver never wrote) or a new epoch trained on from that
-    checkpoint, never from an older one than it had reported, each new epoch once."""
+    checkpoint, never from an older one than it had reported, each new epoch once.
+
+    An epoch's row may be there as told again only: when Ray's last snapshot predates the trial's first checkpoint
+    (a driver stopped by a full disk cannot save it), Ray starts the trial's result.json afresh, and the trainable
+    tells the epochs again from the checkpoint it finds on storage."""
     had = {r["epoch"]: {k: r[k] for k in TRAINED} for r in before}
     added = [r for r in after if r not in before]
     told = [r for r in added if r["resumed_from_epoch"] >= r["epoch"]]
     new = [r for r in added if r["resumed_from_epoch"] < r["epoch"]]
     start = new[0]["resumed_from_epoch"] if new else max(had, default=0)
-    return (all(r in after for r in before)
+    kept = [{k: r[k] for k in TRAINED} for r in after]
+    return (all(values in kept for values in had.values())
             and all({k: r[k] for k in TRAINED} == had[r["epoch"]] for r in told if r["epoch"] in had)
             and start >= max(had, default=0)
             and [r["epoch"] for r in new] == list(range(start + 1, start + 1 + len(new))))

@@ -165,8 +165,8 @@ def space(cluster) -> Path:
 
 @pytest.fixture(scope="module")
 def long_space(cluster) -> Path:
-    """Trials long enough (10 epochs) to be cut mid-way by a dying node; one per worker."""
-    return cluster_space(cluster, epochs=10, trials=2)
+    """Trials long enough (20 epochs) to be cut mid-way by a dying node, on a fast machine too; one per worker."""
+    return cluster_space(cluster, epochs=20, trials=2)
 
 
 def finished(cluster: Cluster, name: str, driver: subprocess.Popen, trials: int) -> dict[str, list[dict]]:
@@ -216,16 +216,19 @@ def test_workers_that_join_later_and_a_worker_killed_mid_search(cluster, long_sp
     assert driver.poll() is None
     joined = {cluster.add_worker("worker_c"): "worker_c", cluster.add_worker("worker_d"): "worker_d"}
     killed = victim = None
+    seen: dict[str, list[dict]] = {}
     deadline = time.time() + 300
     while killed is None and time.time() < deadline and driver.poll() is None:
-        for trial in trial_rows(cluster.storage / "late_join").values():
-            if trial and trial[-1]["node_id"] in joined and trial[-1]["epoch"] <= 3:  # most of its epochs to go
+        seen = trial_rows(cluster.storage / "late_join")
+        for trial in seen.values():
+            if trial and trial[-1]["node_id"] in joined and trial[-1]["epoch"] <= 12:  # 8 or more epochs to go
                 victim = joined[trial[-1]["node_id"]]
                 cluster.kill_worker(victim)  # mid-trial: it has a checkpoint and more epochs to go
                 killed = trial[-1]["trial_id"]
                 break
         time.sleep(0.2)
-    assert killed, "no trial was seen running early enough to be cut"
+    assert killed, (f"no trial was seen running early enough to be cut; driver exit {driver.poll()}, last epochs "
+                    f"seen {({t: (r[-1]['epoch'], r[-1]['node_id'] in joined) for t, r in seen.items() if r})}")
     survivor = ({"worker_c", "worker_d"} - {victim}).pop()
     rows = finished(cluster, "late_join", driver, trials=2)
     moved = [joined[r["node_id"]] for r in rows[f"trial_{killed}"]]

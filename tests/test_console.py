@@ -121,13 +121,14 @@ def test_a_standalone_runs_text_scale_reads_absolute_values_and_names_no_trial()
 
 
 def test_the_ablation_legend_covers_no_bar():
-    rows = [{"model": "best", "condition": c, "val_mae": v, "spread": 0.01}
-            for c, v in (("own", 0.30), ("shuffled", 0.40), ("none", 0.38))]
+    rows = [{"model": "best", "condition": c, "val_mae": v, "spread": spread, "runs": runs}
+            for c, v, spread, runs in (("own", 0.30, 0.0, 1), ("shuffled", 0.40, 0.01, 5), ("none", 0.38, 0.0, 1))]
     fig = plots.text_ablation_bars(rows, "formation_energy_peratom", "what the text is worth")
     ax = fig.axes[0]
     fig.canvas.draw()
     legend = ax.get_legend().get_window_extent()
     assert ax.patches and not any(legend.overlaps(bar.get_window_extent()) for bar in ax.patches)
+    assert fig.get_supxlabel().startswith("error bars: standard deviation of the validation MAE over the 5 shuffles")
 
 
 def test_text_scale_is_drawn_only_when_it_moved():

@@ -292,8 +292,8 @@ def alpha_figures(arrays: Mapping[str, np.ndarray], per_element: Mapping[str, Ma
 
 
 def text_ablation_bars(rows: Sequence[Mapping[str, Any]], target: str, title: str) -> Figure:
-    """Validation MAE with each crystal's own text, shuffled text and no text (error bars: spread over shuffles or
-    the 95% interval of the mean), one group per model."""
+    """Validation MAE with each crystal's own text, shuffled text and no text, one group per model; the error bars
+    (the rows' ``spread``: the standard deviation over the shuffles; one run has none) are said on the figure."""
     models = list(dict.fromkeys(r["model"] for r in rows))
     conditions = list(dict.fromkeys(r["condition"] for r in rows))
     fig, (ax,) = _figure(width=max(5.5, 2.2 * len(models)), height=4.2)
@@ -306,4 +306,9 @@ def text_ablation_bars(rows: Sequence[Mapping[str, Any]], target: str, title: st
     ax.set(xlabel="model", ylabel=axis_label("validation MAE", target), title=title)
     ax.legend(title="text given to the model", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the bars
     ax.grid(alpha=0.3, axis="y")
+    shuffles = sorted({r.get("runs", 1) for r in rows if r.get("spread")})
+    if shuffles:
+        fig.supxlabel(f"error bars: standard deviation of the validation MAE over the "
+                      f"{'/'.join(map(str, shuffles))} shuffles of the text; the other bars are single runs",
+                      fontsize=8, wrap=True)
     return fig

@@ -6,6 +6,11 @@ copy stops half way and leaves the file cut short: a truncated experiment state 
 trial's history emptied. Through ``whole_files`` each file is written beside its place and renamed over it once
 complete; a write that fails removes its temporary file and leaves the previous version as it was.
 
+Every byte reaches the disk inside ``write``, none is left for ``close``: pyarrow's ``copy_files`` ignores an error
+raised when it closes a Python file, so a tail of bytes buffered until close that no longer fits would vanish
+silently, and a checkpoint with it while its epoch is reported as saved. Writes are unbuffered, looped over partial
+writes, and synced (NFS reports a full disk or quota only when the data is flushed).
+
 Example:
     >>> tune.RunConfig(storage_path="/scratch/ray_results", storage_filesystem=whole_files("/scratch/ray_results"))
 """
@@ -32,7 +37,7 @@ class _WholeOrNothing:
     def __init__(self, path: str) -> None:
         folder, name = os.path.split(path)
         self.path, self.temporary = path, os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-        self.handle = open(self.temporary, "wb")  # noqa: SIM115  (closed in close())
+        self.handle = open(self.temporary, "wb", buffering=0)  # noqa: SIM115  (closed in close())
 
     def _guard(self, step: Any, *args: Any) -> Any:
         try:
@@ -49,7 +54,14 @@ class _WholeOrNothing:
         Path(self.temporary).unlink(missing_ok=True)
 
     def write(self, data: Any) -> int:
-        return self._guard(self.handle.write, data)
+        return self._guard(self._write_through, memoryview(data).cast("B"))
+
+    def _write_through(self, data: memoryview) -> int:
+        done = 0
+        while done < len(data):  # a raw write may take part of the bytes (the last ones that fit); the next one fails
+            done += self.handle.write(data[done:])
+        os.fsync(self.handle.fileno())
+        return done
 
     def flush(self) -> None:
         self._guard(self.handle.flush)
