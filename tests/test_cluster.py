@@ -165,8 +165,8 @@ def space(cluster) -> Path:
 
 @pytest.fixture(scope="module")
 def long_space(cluster) -> Path:
-    """Trials long enough (20 epochs) to be cut mid-way by a dying node, on a fast machine too; one per worker."""
-    return cluster_space(cluster, epochs=20, trials=2)
+    """Trials long enough (16 epochs) to be cut mid-way by a dying node, on a fast machine too; one per worker."""
+    return cluster_space(cluster, epochs=16, trials=2)
 
 
 def finished(cluster: Cluster, name: str, driver: subprocess.Popen, trials: int) -> dict[str, list[dict]]:
@@ -221,7 +221,7 @@ def test_workers_that_join_later_and_a_worker_killed_mid_search(cluster, long_sp
     while killed is None and time.time() < deadline and driver.poll() is None:
         seen = trial_rows(cluster.storage / "late_join")
         for trial in seen.values():
-            if trial and trial[-1]["node_id"] in joined and trial[-1]["epoch"] <= 12:  # 8 or more epochs to go
+            if trial and trial[-1]["node_id"] in joined and trial[-1]["epoch"] <= 8:  # 8 or more epochs to go
                 victim = joined[trial[-1]["node_id"]]
                 cluster.kill_worker(victim)  # mid-trial: it has a checkpoint and more epochs to go
                 killed = trial[-1]["trial_id"]
