@@ -20,7 +20,7 @@ import yaml
 from tests.helpers import REPO, nothing_trained_again, trial_rows, write_space
 from tune_fusion import plots
 from tune_fusion.experiment import open_study, read_trials
-from tune_fusion.names import LOST, Status
+from tune_fusion.names import LOST, STUDY_FILE, Status
 from tune_fusion.search import run_search
 from tune_fusion.space import load_spec
 
@@ -199,6 +199,11 @@ def test_resume_after_the_driver_is_killed(tmp_path, cache_dir, prepared):
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started, mid-search
     driver.wait()
     assert sum(bool(r and r[-1]["trial_finished"]) for r in trial_rows(exp_dir).values()) < 4  # really mid-search
+    # as a study made before the objective had a name (the resume names it); the same bytes, renamed: Ray's snapshot
+    # of the searcher holds its place in the journal by byte offset
+    journal = exp_dir / STUDY_FILE
+    journal.write_text(journal.read_text().replace('"study:metric_names"', '"study:metric_namez"'))
+    assert open_study(exp_dir)[0].metric_names is None
     resumed = run_search_cli(*args, "--resume")
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-3000:]
@@ -208,7 +213,34 @@ def test_resume_after_the_driver_is_killed(tmp_path, cache_dir, prepared):
     assert len(after) == 4 and all(r[-1]["trial_finished"] for r in after.values())
     study = open_study(exp_dir)[0]
     assert len([t for t in study.trials if t.state.is_finished()]) >= 4
+    assert study.metric_names == ["val_mae (eV/atom)"]
     assert "best validation MAE" in output
+
+
+@pytest.mark.slow
+def test_a_resume_whose_saved_state_ray_cannot_read_stops_in_one_line_instead_of_waiting_for_ever(
+        tmp_path, cache_dir, prepared):
+    """Ray Tune, failing to read its saved state, starts the experiment again with no trials, and the searcher it
+    restored proposes none: the resumed driver would wait for ever (seen when a test rewrote the study journal)."""
+    space = write_space(tmp_path / "broken.yaml", cache_dir, num_samples=2, epochs=1, fifo=True)
+    storage, exp_dir = tmp_path / "results", tmp_path / "results" / "broken"
+    args = ["--space", str(space), "--storage", str(storage)]
+    first = run_search_cli(*args)
+    assert first.wait(timeout=300) == 0, first.communicate()[0][-3000:]
+    state = max(exp_dir.glob("searcher-state-*.pkl"))
+    state.write_bytes(state.read_bytes()[:100])  # cut short
+    before = trial_rows(exp_dir)
+    resumed = run_search_cli(*args, "--resume")
+    try:
+        output = resumed.communicate(timeout=180)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(resumed.pid, signal.SIGKILL)
+        raise AssertionError(f"the resume hung: {resumed.communicate()[0][-3000:]}") from None
+    assert resumed.returncode == 2, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: cannot resume: Ray could not read its saved state of the search (") and (
+        "--warm-start" in last), output[-3000:]
+    assert "Traceback" not in output and trial_rows(exp_dir) == before
 
 
 @pytest.mark.slow

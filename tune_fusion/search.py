@@ -26,7 +26,7 @@ from tune_fusion.cluster import check_resources, check_shared, connect, parallel
 from tune_fusion.console import TrialLines, log_to_file, quiet_console, say
 from tune_fusion.data import prepare
 from tune_fusion.data.publish import publish, published_root
-from tune_fusion.errors import ConfigError, DiskFull, disk_full, disk_full_cause, is_disk_full
+from tune_fusion.errors import ConfigError, DataError, DiskFull, disk_full, disk_full_cause, first_line, is_disk_full
 from tune_fusion.experiment import open_study
 from tune_fusion.interrupt import StopWhenAsked, stop_signals
 from tune_fusion.lease import hold, refuse_if_held
@@ -149,6 +149,23 @@ class _OneLineWhenFull(logging.Filter):
 _ONE_LINE_WHEN_FULL = _OneLineWhenFull()  # one object: added once however many searches a process runs
 
 
+class _NoSilentRestart(logging.Filter):
+    """Ray Tune, when it cannot read the saved state of the search it resumes, logs it and starts the experiment
+    again with no trials; the resumed searcher, which counts the earlier trials, then proposes none, and the driver
+    would wait for ever. The resume stops instead, in one line, with the experiment left as it was."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() == "Failed to restore the run state." and record.exc_info:
+            raise DataError(f"cannot resume: Ray could not read its saved state of the search "
+                            f"({type(record.exc_info[1]).__name__}: {first_line(record.exc_info[1])}); the trials, "
+                            "their checkpoints and the study are as they were: start a new search with --name, "
+                            "and --warm-start from this one to reuse its trials")
+        return True
+
+
+_NO_SILENT_RESTART = _NoSilentRestart()
+
+
 def make_run_config(name: str, storage: str, verbose: bool, target: str) -> tune.RunConfig:
     """Where trials write (each file whole or not at all: ``tune_fusion.storage``), the checkpoints kept, retries of
     failed trials, and the console (Ray's or the quiet ``TrialLines``)."""
@@ -171,6 +188,7 @@ def build_tuner(spec: SearchSpec, cache_name: str, published: str | None, storag
     exp_dir = experiment_dir(storage, name)
     quiet_console(verbose)
     logging.getLogger("ray.tune.execution.experiment_state").addFilter(_ONE_LINE_WHEN_FULL)
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(_NO_SILENT_RESTART)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_EVERY_S)  # read by Ray Tune when the search starts
     if resume:
         study, _ = open_study(Path(exp_dir), exp_dir)
