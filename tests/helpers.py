@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -165,6 +167,15 @@ def can_unshare(*tools: str) -> bool:
     with tempfile.TemporaryDirectory() as folder:
         probe = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs tmpfs {folder}"]
         return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+def finish(driver: subprocess.Popen, timeout: float) -> str:
+    """The driver's output once it has exited by itself within ``timeout`` s (a hang fails the test)."""
+    try:
+        return driver.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(driver.pid, signal.SIGKILL)
+        raise AssertionError(f"the driver hung: {driver.communicate()[0][-3000:]}") from None
 
 
 def wait_for(condition, timeout: float, what: str):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, assert_search_whole, can_unshare, trial_rows, wait_for, write_space
+from tests.helpers import REPO, assert_search_whole, can_unshare, finish, trial_rows, wait_for, write_space
 from tune_fusion.checkpoint import load_checkpoint
 from tune_fusion.errors import EXIT_DISK_FULL, is_disk_full
 from tune_fusion.experiment import open_study
@@ -53,15 +53,6 @@ class SmallDisk:
     def close(self) -> None:
         self.holder.kill()
         self.holder.wait()
-
-
-def finish(driver: subprocess.Popen, timeout: float) -> str:
-    """The driver's output once it has exited by itself within ``timeout`` s (a hang fails the test)."""
-    try:
-        return driver.communicate(timeout=timeout)[0]
-    except subprocess.TimeoutExpired:
-        os.killpg(driver.pid, signal.SIGKILL)
-        raise AssertionError(f"the driver hung: {driver.communicate()[0][-3000:]}") from None
 
 
 def stop(process: subprocess.Popen) -> None:

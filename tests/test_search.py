@@ -17,7 +17,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.helpers import REPO, nothing_trained_again, trial_rows, write_space
+from tests.helpers import REPO, finish, nothing_trained_again, trial_rows, write_space
 from tune_fusion import plots
 from tune_fusion.experiment import open_study, read_trials
 from tune_fusion.names import LOST, STUDY_FILE, Status
@@ -231,11 +231,7 @@ def test_a_resume_whose_saved_state_ray_cannot_read_stops_in_one_line_instead_of
     state.write_bytes(state.read_bytes()[:100])  # cut short
     before = trial_rows(exp_dir)
     resumed = run_search_cli(*args, "--resume")
-    try:
-        output = resumed.communicate(timeout=180)[0]
-    except subprocess.TimeoutExpired:
-        os.killpg(resumed.pid, signal.SIGKILL)
-        raise AssertionError(f"the resume hung: {resumed.communicate()[0][-3000:]}") from None
+    output = finish(resumed, 180)
     assert resumed.returncode == 2, output[-3000:]
     last = output.strip().splitlines()[-1]
     assert last.startswith("error: cannot resume: Ray could not read its saved state of the search (") and (
