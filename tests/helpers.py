@@ -202,9 +202,11 @@ def assert_search_whole(exp_dir: Path, trials: int, before: dict[str, list[dict]
         assert len(trained) == len(set(trained)), (trial, trained)  # no epoch trained twice
         assert {r["epoch"] for r in got} == set(range(1, got[-1]["epoch"] + 1)), trial  # and every one reported
     study = open_study(exp_dir)[0]
-    # a trial begun within the second before a hard stop is in no snapshot of Ray's: closed as lost, never run
+    # a trial begun within the second before a hard stop is in no snapshot of Ray's: closed as lost, not continued
+    # (a tiny model may have told the study an epoch in that second, whose result files never reached storage)
     lost = [t for t in study.trials if LOST in t.user_attrs]
-    assert all(t.state == optuna.trial.TrialState.FAIL and not t.intermediate_values for t in lost)
+    assert all(t.state == optuna.trial.TrialState.FAIL and "ray_trial_id" not in t.user_attrs for t in lost), [
+        (t.number, t.state, t.user_attrs, t.intermediate_values) for t in lost]
     ran = [t.user_attrs.get("ray_trial_id") for t in study.trials if t not in lost]
     assert sorted(ran) == sorted(name.removeprefix("trial_") for name in rows), ran  # each trial once
     assert all(t.state.is_finished() for t in study.trials)

@@ -104,15 +104,17 @@ class FusionOptunaSearch(OptunaSearch):
 
     # A search stopped hard (scancel, preemption, a killed driver) resumes from Ray's last snapshot of its trials and
     # of this searcher: a trial begun after that snapshot is open in the study (saved at each ask) but known to no
-    # one, and would stay "running" there for ever. It is closed as FAIL, marked LOST; it trained nothing yet (Ray
-    # snapshots every second, tune_fusion.search, and a trial takes longer than that to start).
+    # one, and would stay "running" there for ever. It is closed as FAIL, marked LOST. What it trained since is lost
+    # with it (Ray snapshots every second, tune_fusion.search, but a tiny model's trial can start and tell an epoch
+    # to the study inside that second: its intermediate values stay in the study, its result files never reached
+    # storage).
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         known = {trial.number for trial in self._ot_trials.values()}
         running = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         for lost in (t for t in running if t.number not in known):
             self._ot_study._storage.set_trial_user_attr(lost._trial_id, LOST, "begun after Ray's last snapshot of "
-                                                        "the search, which was stopped hard; never run")
+                                                        "the search, which was stopped hard; not continued")
             self._ot_study.tell(lost.number, state=optuna.trial.TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
