@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -167,6 +168,13 @@ def can_unshare(*tools: str) -> bool:
     with tempfile.TemporaryDirectory() as folder:
         probe = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs tmpfs {folder}"]
         return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+def run_search_cli(*args: str, stderr: int = subprocess.STDOUT) -> subprocess.Popen:
+    """``python run_search.py ARGS`` from the repository, in a session of its own (``os.killpg`` stops all it
+    started); its output as text, the errors with it unless ``stderr`` says otherwise."""
+    return subprocess.Popen([sys.executable, "run_search.py", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=stderr,
+                            text=True, start_new_session=True)
 
 
 def finish(driver: subprocess.Popen, timeout: float) -> str:

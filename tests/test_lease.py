@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, assert_search_whole, trial_rows, wait_for, write_space
+from tests.helpers import REPO, assert_search_whole, run_search_cli, trial_rows, wait_for, write_space
 from tune_fusion import lease
 from tune_fusion.errors import ConfigError
 from tune_fusion.names import LEASE_FILE
@@ -89,21 +89,16 @@ def test_the_lease_works_through_a_uri(tmp_path):
         lease.refuse_if_held(uri)
 
 
-def run_search_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "run_search.py", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
 @pytest.mark.slow
 def test_a_second_driver_is_refused_while_the_first_runs_and_takes_over_once_it_died(tmp_path, cache_dir, prepared):
     trials = 3
     space = write_space(tmp_path / "two.yaml", cache_dir, num_samples=trials, epochs=60, fifo=True, batch_size=4)
     storage, exp_dir = tmp_path / "results", tmp_path / "results" / "two"
     args = ["--space", str(space), "--storage", str(storage)]
-    first = run_search_cli(*args)
+    first = run_search_cli(*args, stderr=subprocess.PIPE)
     wait_for(lambda: sum(len(r) for r in trial_rows(exp_dir).values()) >= 2, 300, "two epochs")
 
-    second = run_search_cli(*args, "--resume")  # a second shell on the head, a reconnecting laptop
+    second = run_search_cli(*args, "--resume", stderr=subprocess.PIPE)  # a second shell on the head, a reconnecting laptop
     _, said = second.communicate(timeout=120)
     assert second.returncode == 2 and said.strip().count("\n") == 0, said[-2000:]
     assert f"in use by another driver (host {socket.gethostname()}, PID {first.pid}, since " in said
@@ -116,7 +111,7 @@ def test_a_second_driver_is_refused_while_the_first_runs_and_takes_over_once_it_
     first.wait()
     assert (exp_dir / LEASE_FILE).exists()
     before = trial_rows(exp_dir)
-    third = run_search_cli(*args, "--resume")  # takes the dead driver's experiment over
+    third = run_search_cli(*args, "--resume", stderr=subprocess.PIPE)  # takes the dead driver's experiment over
     out, err = third.communicate(timeout=600)
     assert third.returncode == 0, (out + err)[-3000:]
     assert "this one takes it over" in out

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.helpers import REPO, finish, nothing_trained_again, trial_rows, write_space
+from tests.helpers import finish, nothing_trained_again, run_search_cli, trial_rows, write_space
 from tune_fusion import plots
 from tune_fusion.experiment import open_study, read_trials
 from tune_fusion.names import LOST, STUDY_FILE, Status
@@ -176,11 +175,6 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
             raise AssertionError(f"the search ended before {what}: {proc.stdout.read() if proc.stdout else ''}")
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def run_search_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "run_search.py", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 @pytest.mark.slow

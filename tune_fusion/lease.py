@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from tune_fusion.data.publish import filesystem_of
 from tune_fusion.errors import ConfigError
 from tune_fusion.names import LEASE_FILE, is_uri
 
@@ -85,9 +86,7 @@ def _location(exp_dir: str) -> str:
 
 def _read(location: str) -> bytes | None:
     if is_uri(location):
-        from pyarrow import fs
-
-        filesystem, path = fs.FileSystem.from_uri(location)
+        filesystem, path = filesystem_of(location)
         try:
             with filesystem.open_input_stream(path) as stream:
                 return stream.read()
@@ -102,9 +101,7 @@ def _read(location: str) -> bytes | None:
 def _write(location: str, holder: Holder) -> None:
     data = json.dumps(asdict(holder)).encode()
     if is_uri(location):  # an object store writes an object whole
-        from pyarrow import fs
-
-        filesystem, path = fs.FileSystem.from_uri(location)
+        filesystem, path = filesystem_of(location)
         with filesystem.open_output_stream(path) as stream:
             stream.write(data)
         return
@@ -121,9 +118,7 @@ def _write(location: str, holder: Holder) -> None:
 
 def _delete(location: str) -> None:
     if is_uri(location):
-        from pyarrow import fs
-
-        filesystem, path = fs.FileSystem.from_uri(location)
+        filesystem, path = filesystem_of(location)
         try:
             filesystem.delete_file(path)
         except (FileNotFoundError, OSError):

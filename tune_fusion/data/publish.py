@@ -24,7 +24,7 @@ from tune_fusion.data.cache import is_complete, load, shard_folders
 from tune_fusion.errors import DataError
 from tune_fusion.names import is_uri
 
-__all__ = ["PUBLISHED", "fetch", "publish", "published_root"]
+__all__ = ["PUBLISHED", "fetch", "filesystem_of", "publish", "published_root"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def published_root(storage: str) -> str:
     return f"{storage.rstrip('/')}/{PUBLISHED}" if is_uri(storage) else str(Path(storage).expanduser() / PUBLISHED)
 
 
-def _filesystem(location: str):
+def filesystem_of(location: str):
     """(pyarrow filesystem, path in it) for a local path or an ``s3://``/``gs://``/``file://`` URI."""
     from pyarrow import fs
 
@@ -48,7 +48,7 @@ def _filesystem(location: str):
 def _exists(location: str, relative: str) -> bool:
     from pyarrow import fs
 
-    filesystem, root = _filesystem(location)
+    filesystem, root = filesystem_of(location)
     return filesystem.get_file_info(f"{root}/{relative}").type != fs.FileType.NotFound
 
 
@@ -56,8 +56,8 @@ def _copy(source: str, source_relative: str, target: str, target_relative: str) 
     """Copy folder ``source/source_relative`` to ``target/target_relative`` (either side a path or a URI)."""
     from pyarrow import fs
 
-    source_fs, source_root = _filesystem(source)
-    target_fs, target_root = _filesystem(target)
+    source_fs, source_root = filesystem_of(source)
+    target_fs, target_root = filesystem_of(target)
     target_fs.create_dir(f"{target_root}/{target_relative}", recursive=True)
     fs.copy_files(f"{source_root}/{source_relative}", f"{target_root}/{target_relative}",
                   source_filesystem=source_fs, destination_filesystem=target_fs)
@@ -89,7 +89,7 @@ def _publish_folder(folder: Path, root: str, relative: str, last: str) -> None:
 
 
 def _copy_file(path: Path, root: str, relative: str) -> None:
-    filesystem, base = _filesystem(root)
+    filesystem, base = filesystem_of(root)
     with filesystem.open_output_stream(f"{base}/{relative}") as out:
         out.write(path.read_bytes())
 
@@ -120,7 +120,7 @@ def fetch(name: str, root: str, cache_dir: str | Path) -> tuple[Path, dict[str, 
 
 
 def _read(root: str, relative: str) -> str:
-    filesystem, base = _filesystem(root)
+    filesystem, base = filesystem_of(root)
     try:
         with filesystem.open_input_stream(f"{base}/{relative}") as handle:
             return handle.read().decode()
