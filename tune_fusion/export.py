@@ -151,8 +151,10 @@ class FusionPredictor:
 
     def predict(self, structures: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         """Predict for jarvis ``Atoms`` or dft_3d records (``atoms`` dict, optional ``description``). A missing
-        description is generated as in training (robocrystallographer, 1-5 s per structure; a warning says how
-        many); give ``description`` to skip that. Graph-only models need no text."""
+        description is looked up by structure, as preparation does (the prepared caches' descriptions, the
+        model's dataset's or the bundled data's ``.descriptions.csv.gz``); only a structure described nowhere is
+        described anew (robocrystallographer, 1-5 s each; a warning says how many). Graph-only models need no
+        text."""
         if not len(structures):
             return np.zeros(0)
         d = self.cfg.data
