@@ -106,7 +106,7 @@ def export_best(ckpt_path: str | Path, out_dir: str | Path, metrics: Mapping[str
     (out / "metrics.json").write_text(json.dumps({**payload["metrics"], "dataset_fingerprint":
                                                   payload["dataset_fingerprint"], "source": str(ckpt_path)}, indent=2))
     (out / "split_ids.json").write_text(json.dumps(payload.get("split_ids", {})))
-    log.info("exported %s to %s", ckpt_path, out)
+    log.debug("exported %s to %s", ckpt_path, out)
     return out / EXPORT_FILE
 
 
