@@ -243,5 +243,5 @@ def scale_text(path: str | Path, factor: float, out_dir: Path, crystals: int = 0
                          after=after)
     (out_dir / f"scale_text_x{factor:g}.json").write_text(json.dumps(as_dict(result), indent=1))
     log.debug("text scaled x%g: val MAE %.4f -> %.4f on %d crystals", factor, before["val_mae"], after["val_mae"],
-             len(indices))
+              len(indices))
     return result
